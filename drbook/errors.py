@@ -1,0 +1,153 @@
+"""Every error drbook raises, in one tree.
+
+    DRError                         root; `retryable` says whether trying again may help
+    ├── ConfigError                 a site config, lab spec or plan is invalid (names file and field)
+    ├── LabError                    the lab could not be brought up / is not up
+    ├── PreflightError              a check before a stage failed; nothing was touched
+    ├── StateTransitionError        the vault's state machine refused a move
+    ├── VaultError
+    │   ├── ConflictError           an ETag condition failed (someone else wrote first)   [retryable]
+    │   ├── LeaseHeldError          an exclusive operation holds the item's lease
+    │   └── NotFoundError           no such document
+    ├── ProviderError               an outside system failed
+    │   ├── VSphereError
+    │   ├── AzureError
+    │   │   └── AzureTransientError throttling, 5xx, timeouts                          [retryable]
+    │   ├── BlobStoreError
+    │   └── RemoteExecError         SSH / WinRM
+    │       ├── HostKeyError        the host key is unknown or differs (never retried)
+    │       ├── AuthenticationError wrong key or password (never retried)
+    │       ├── ConnectError        refused, unreachable, timed out                    [retryable]
+    │       └── CommandFailed       a remote command exited non-zero
+    ├── ReplicationError
+    │   ├── ResyncRequired          the map does not match the disk (new / resized / lost map)
+    │   └── ProtocolError           the agent's stream is malformed or truncated      [retryable]
+    ├── VerificationError           a disk's bytes differ from its recovery point's manifest
+    ├── ApprovalRejected            a human said no, or nobody answered in time
+    └── SecretError                 a secret reference cannot be resolved
+
+Library exceptions are translated only at the adapter boundary (drbook/adapters/*), so
+flows and tasks never see pyVmomi, paramiko or azure-core exceptions.
+"""
+
+from __future__ import annotations
+
+
+class DRError(Exception):
+    """Root of drbook's errors. `retryable` tells a task's retry policy whether to try again."""
+
+    retryable: bool = False
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(DRError):
+    exit_code = 2
+
+
+class LabError(DRError):
+    exit_code = 3
+
+
+class PreflightError(DRError):
+    exit_code = 4
+
+
+class StateTransitionError(DRError):
+    exit_code = 5
+
+
+class VaultError(DRError):
+    pass
+
+
+class ConflictError(VaultError):
+    retryable = True
+
+
+class LeaseHeldError(VaultError):
+    exit_code = 6
+
+
+class NotFoundError(VaultError):
+    pass
+
+
+class ProviderError(DRError):
+    pass
+
+
+class VSphereError(ProviderError):
+    pass
+
+
+class AzureError(ProviderError):
+    pass
+
+
+class AzureTransientError(AzureError):
+    retryable = True
+
+
+class BlobStoreError(ProviderError):
+    pass
+
+
+class RemoteExecError(ProviderError):
+    pass
+
+
+class HostKeyError(RemoteExecError):
+    retryable = False
+
+
+class AuthenticationError(RemoteExecError):
+    retryable = False
+
+
+class ConnectError(RemoteExecError):
+    retryable = True
+
+
+class CommandFailed(RemoteExecError):
+    def __init__(self, message: str, *, exit_status: int, stderr: str = "") -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class ReplicationError(DRError):
+    pass
+
+
+class ResyncRequired(ReplicationError):
+    pass
+
+
+class ProtocolError(ReplicationError):
+    retryable = True
+
+
+class VerificationError(DRError):
+    exit_code = 7
+
+
+class ApprovalRejected(DRError):
+    exit_code = 8
+
+
+class SecretError(DRError):
+    exit_code = 2
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """For Prefect's `retry_condition_fn`: retry only what may succeed next time."""
+    return isinstance(exc, DRError) and exc.retryable

@@ -1,0 +1,1 @@
+"""The lab: real services on this machine that stand in for the outside world."""
