@@ -53,6 +53,8 @@ class MachineSpec(_Strict):
     cpus: int = Field(2, ge=1)
     memory_mb: int = Field(2048, ge=256)
     disks: list[DiskSpec] = Field(min_length=1)
+    vmware: bool = Field(True, description="a VM in the lab's vCenter; False = a physical server")
+    python: bool = Field(True, description="False makes a machine whose shell has no python3")
 
     @field_validator("address")
     @classmethod
