@@ -1,0 +1,359 @@
+"""`drbook lab up | down | status`: start, stop and describe the lab's real services.
+
+`up` is idempotent: it starts what is not running (and what died) and leaves the rest.
+`down` stops only processes the lab started (their pid files), never by name.
+If `up` fails part-way, it stops what this call started, so nothing is left half-started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from drbook.errors import LabError
+from lab.ca import LabCerts, ensure_certs
+from lab.machines import SshKeys, ensure_client_key, ensure_machine, machine_status
+from lab.paths import REPO_ROOT, lab_dir
+from lab.procs import Managed, port_in_use, wait_for_port
+from lab.spec import LabSpec, load_spec
+
+HOST = "127.0.0.1"
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, documented by Microsoft); not a secret.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+VCENTER_USER = "administrator@vsphere.local"
+GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "-mod=mod"}
+
+Log = Callable[[str], None]
+
+
+def _say(msg: str) -> None:
+    print(f"lab: {msg}", file=sys.stderr, flush=True)
+
+
+class Lab:
+    def __init__(self, spec: LabSpec | None = None, directory: Path | None = None, say: Log = _say) -> None:
+        self.spec = spec or load_spec()
+        self.dir = directory or lab_dir()
+        self.run_dir = self.dir / "run"
+        self.say = say
+
+    # -- paths and secrets ------------------------------------------------------------
+    @property
+    def certs(self) -> LabCerts:
+        return ensure_certs(self.dir / "ca")
+
+    @property
+    def secrets_dir(self) -> Path:
+        d = self.dir / "secrets"
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+        return d
+
+    def _secret_file(self, name: str, make: Callable[[], str]) -> Path:
+        path = self.secrets_dir / name
+        if not path.exists():
+            path.write_text(make())
+            path.chmod(0o600)
+        return path
+
+    @property
+    def vcenter_password_file(self) -> Path:
+        return self._secret_file("vcenter-password", lambda: secrets.token_urlsafe(18))
+
+    @property
+    def arm_token_file(self) -> Path:
+        return self._secret_file("arm-token", lambda: secrets.token_urlsafe(24))
+
+    @property
+    def encryption_key_file(self) -> Path:
+        return self._secret_file("encryption-key", lambda: secrets.token_hex(32))
+
+    @property
+    def azurite_key_file(self) -> Path:
+        return self._secret_file("azurite-key", lambda: AZURITE_KEY)
+
+    def managed(self, name: str) -> Managed:
+        return Managed(name, self.run_dir)
+
+    # -- up / down -----------------------------------------------------------------------
+    def up(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        started: list[Managed] = []
+        t0 = time.monotonic()
+        try:
+            certs = self.certs
+            self._preflight()
+            self._up_azurite(certs, started)
+            self._up_arm(certs, started)
+            self._up_vcenter(certs, started)
+            keys = ensure_client_key(self.dir / "ssh")
+            self._up_machines(keys, started)
+            self._up_prefect(started)
+            self._populate_vcenter(certs)
+            status = self.status()
+            self._write_site(status)
+        except BaseException:
+            for m in reversed(started):
+                self.say(f"stopping {m.name} (lab up failed)")
+                m.stop()
+            raise
+        self.say(f"up in {time.monotonic() - t0:.1f}s ({len(started)} started, the rest already running)")
+        return status
+
+    def down(self) -> list[str]:
+        stopped = []
+        for pid_file in sorted(self.run_dir.glob("*.pid")):
+            m = self.managed(pid_file.stem)
+            if m.stop():
+                stopped.append(m.name)
+        return stopped
+
+    def _preflight(self) -> None:
+        missing = []
+        if not Path("/usr/sbin/sshd").exists():
+            missing.append("openssh-server (Debian)")
+        if not (REPO_ROOT / "lab" / "node_modules" / ".bin" / "azurite-blob").exists():
+            missing.append("Azurite (npm ci in lab/)")
+        if shutil.which("go") is None and not self.vcsim_binary.exists():
+            missing.append("golang-go (Debian)")
+        if missing:
+            raise LabError("the lab needs " + ", ".join(missing) + ": run `make setup`")
+
+    def _start(self, m: Managed, argv: list[str], port: int, started: list[Managed], *, host: str = HOST,
+               env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+        if m.running():
+            return
+        if port_in_use(host, port):
+            raise LabError(f"{m.name}: port {host}:{port} is already in use by a process the lab did not start")
+        self.say(f"starting {m.name} on {host}:{port}")
+        m.start(argv, env=env, cwd=self.dir)
+        started.append(m)
+        wait_for_port(m, host, port, timeout)
+
+    def _up_azurite(self, certs: LabCerts, started: list[Managed]) -> None:
+        data = self.dir / "azurite"
+        data.mkdir(exist_ok=True)
+        argv = [
+            str(REPO_ROOT / "lab" / "node_modules" / ".bin" / "azurite-blob"),
+            "--blobHost", HOST, "--blobPort", str(self.spec.ports.azurite),
+            "--location", str(data), "--skipApiVersionCheck", "--disableTelemetry", "--loose",
+            "--cert", str(certs.server_cert), "--key", str(certs.server_key),
+        ]
+        self._start(self.managed("azurite"), argv, self.spec.ports.azurite, started)
+
+    def _up_arm(self, certs: LabCerts, started: list[Managed]) -> None:
+        argv = [
+            sys.executable, "-m", "lab.arm",
+            "--host", HOST, "--port", str(self.spec.ports.arm),
+            "--cert", str(certs.server_cert), "--key", str(certs.server_key),
+            "--state-dir", str(self.dir / "arm"),
+            "--subscription-id", self.spec.arm.subscription_id, "--location", self.spec.arm.location,
+            "--blob-endpoint", self.blob_endpoint, "--blob-account", AZURITE_ACCOUNT,
+            "--blob-key", AZURITE_KEY, "--ca-bundle", str(certs.ca_cert),
+        ]
+        self._start(self.managed("arm"), argv, self.spec.ports.arm, started)
+
+    @property
+    def vcsim_binary(self) -> Path:
+        return self.dir / "bin" / "vcsim"
+
+    def build_vcsim(self) -> Path:
+        source = REPO_ROOT / "lab" / "vcsim" / "main.go"
+        binary = self.vcsim_binary
+        if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+            return binary
+        self.say("building vcsim from Debian's govmomi source (about 20 s, once)")
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **GO_ENV, "GOCACHE": str(self.dir / "gocache")}
+        proc = subprocess.run(["go", "build", "-o", str(binary), "."], cwd=source.parent, env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabError(f"building vcsim failed:\n{proc.stderr[-2000:]}")
+        return binary
+
+    def _up_vcenter(self, certs: LabCerts, started: list[Managed]) -> None:
+        m = self.managed("vcenter")
+        if m.running():
+            return
+        binary = self.build_vcsim()
+        argv = [
+            str(binary), "-listen", f"{HOST}:{self.spec.ports.vcenter}",
+            "-cert", str(certs.server_cert), "-key", str(certs.server_key),
+            "-username", VCENTER_USER, "-password", str(self.vcenter_password_file),
+        ]
+        self._start(m, argv, self.spec.ports.vcenter, started)
+
+    def _populate_vcenter(self, certs: LabCerts) -> None:
+        from lab.vcenter import populate
+
+        created = populate(self.vcenter_url, VCENTER_USER, self.vcenter_password_file.read_text().strip(),
+                           str(certs.ca_cert), self.spec)
+        if created:
+            self.say(f"created VMs in vCenter: {', '.join(created)}")
+
+    def _up_machines(self, keys: SshKeys, started: list[Managed]) -> None:
+        for spec in self.spec.machines:
+            m = self.managed(f"sshd-{spec.name}")
+            was_running = m.running()
+            ensure_machine(self.dir, spec, keys)
+            if not was_running:
+                self.say(f"started sshd for {spec.name} on {spec.address}:22")
+                started.append(m)
+
+    def _up_prefect(self, started: list[Managed]) -> None:
+        home = self.dir / "prefect"
+        home.mkdir(exist_ok=True)
+        env = {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_SERVER_API_PORT": str(self.spec.ports.prefect),
+            "PREFECT_UI_API_URL": self.prefect_api_url,
+        }
+        env.pop("PREFECT_API_URL", None)
+        argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.spec.ports.prefect)]
+        m = self.managed("prefect")
+        self._start(m, argv, self.spec.ports.prefect, started, env={**env, "PREFECT_API_URL": ""}, timeout=90)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.prefect_api_url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        raise LabError(f"Prefect server did not become healthy; log: {m.log_file}")
+
+    # -- status --------------------------------------------------------------------------
+    @property
+    def blob_endpoint(self) -> str:
+        return f"https://{HOST}:{self.spec.ports.azurite}/{AZURITE_ACCOUNT}"
+
+    @property
+    def vcenter_url(self) -> str:
+        return f"https://{HOST}:{self.spec.ports.vcenter}/sdk"
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{HOST}:{self.spec.ports.prefect}/api"
+
+    def services(self) -> dict[str, bool]:
+        names = ["azurite", "arm", "vcenter", "prefect"] + [f"sshd-{m.name}" for m in self.spec.machines]
+        return {n: self.managed(n).running() for n in names}
+
+    def status(self) -> dict:
+        certs = self.certs
+        keys = ensure_client_key(self.dir / "ssh")
+        pw_file = self.vcenter_password_file
+        return {
+            "lab_dir": str(self.dir),
+            "ca_bundle": str(certs.ca_cert),
+            "up": all(self.services().values()),
+            "services": self.services(),
+            "vcenter": {
+                "url": self.vcenter_url,
+                "host": HOST,
+                "port": self.spec.ports.vcenter,
+                "user": VCENTER_USER,
+                "password": pw_file.read_text().strip(),
+                "password_ref": f"file:{pw_file}",
+            },
+            "azurite": {
+                "blob_endpoint": self.blob_endpoint,
+                "account": AZURITE_ACCOUNT,
+                "key": AZURITE_KEY,
+                "connection_string": (
+                    f"DefaultEndpointsProtocol=https;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                    f"BlobEndpoint={self.blob_endpoint};"
+                ),
+            },
+            "arm": {
+                "base_url": f"https://{HOST}:{self.spec.ports.arm}",
+                "subscription_id": self.spec.arm.subscription_id,
+                "location": self.spec.arm.location,
+                "token_ref": f"file:{self.arm_token_file}",
+            },
+            "prefect": {"api_url": self.prefect_api_url, "ui_url": f"http://{HOST}:{self.spec.ports.prefect}"},
+            "site_config": str(self.dir / "site.yaml"),
+            "machines": [machine_status(self.dir, m, keys) for m in self.spec.machines],
+        }
+
+    def _write_site(self, status: dict) -> None:
+        """The site config drbook uses when pointed at the lab (DRBOOK_SITE or the default)."""
+        site = {
+            "site": "lab",
+            "vcenter": {
+                "url": status["vcenter"]["url"],
+                "user": status["vcenter"]["user"],
+                "password": status["vcenter"]["password_ref"],
+                "ca_bundle": status["ca_bundle"],
+            },
+            "azure": {
+                "subscription_id": status["arm"]["subscription_id"],
+                "resource_group": "drbook-lab-rg",
+                "location": status["arm"]["location"],
+                "arm_base_url": status["arm"]["base_url"],
+                "storage_account": AZURITE_ACCOUNT,
+                "blob_endpoint": status["azurite"]["blob_endpoint"],
+                "storage_key": f"file:{self.azurite_key_file}",
+                "credential": {"kind": "static-token", "token": status["arm"]["token_ref"]},
+                "ca_bundle": status["ca_bundle"],
+                "encryption_key": f"file:{self.encryption_key_file}",
+            },
+            "network_mapping": [
+                {
+                    "source_network": n.name,
+                    "target_vnet": "drbook-prod-vnet",
+                    "target_subnet": n.name,
+                    "address_prefix": n.prefix,
+                    "vnet_address_space": "10.10.0.0/16",
+                }
+                for n in self.spec.networks
+            ],
+            "machines": [
+                {
+                    "name": m["name"],
+                    "vm_name": m["vm_name"],
+                    "os": "linux",
+                    "address": m["address"],
+                    "port": 22,
+                    "user": "root",
+                    "key_file": m["key_file"],
+                    "known_hosts": m["known_hosts"],
+                    "agent_dir": m["agent_dir"],
+                    "network": m["network"],
+                    "ip": m["ip"],
+                    "cpus": m["cpus"],
+                    "memory_mb": m["memory_mb"],
+                    "disks": [{"name": d["name"], "path": d["path"], "size_bytes": d["size_bytes"]} for d in m["disks"]],
+                    "crash_hooks": [f"{sys.executable} -m lab.workload pause --control {self.dir / 'machines' / m['name'] / 'workload'} --if-running"],
+                    "crash_thaw_hooks": [f"{sys.executable} -m lab.workload resume --control {self.dir / 'machines' / m['name'] / 'workload'}"],
+                }
+                for m in status["machines"]
+            ],
+        }
+        path = self.dir / "site.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(site, sort_keys=False))
+        tmp.replace(path)
+
+
+def status_json(lab: Lab) -> str:
+    return json.dumps(lab.status(), indent=2)
+
+
+def ssl_context(ca_bundle: str) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=ca_bundle)

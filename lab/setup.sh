@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Idempotent set-up of everything drbook and its lab need on a fresh Debian machine.
+# Each step says what it does and skips itself when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# 1. Debian packages: sshd for the source machines, Go + govmomi source for vcsim, rsync
+#    for the replication benchmark's peer.
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v go >/dev/null 2>&1 || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || need+=(golang-github-vmware-govmomi-dev)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  say "installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+else
+  say "Debian packages present (openssh-server, golang-go, govmomi source, rsync, node)"
+fi
+
+# 2. The Python virtual environment with drbook and its dev dependencies.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.drbook-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing drbook and its dependencies into .venv (pip)"
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import drbook, prefect, pyVmomi, azure.mgmt.compute" 
+  touch "$stamp"
+else
+  say ".venv up to date"
+fi
+
+# 3. Azurite (npm, pinned by lab/package-lock.json).
+lockstamp=lab/node_modules/.drbook-installed
+if [ ! -f "$lockstamp" ] || [ lab/package-lock.json -nt "$lockstamp" ]; then
+  say "installing Azurite (npm ci in lab/)"
+  (cd lab && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$lockstamp"
+else
+  say "Azurite installed"
+fi
+
+# 4. vcsim, built from Debian's govmomi source in GOPATH mode.
+.venv/bin/python -c "from lab.control import Lab; Lab().build_vcsim()"
+say "vcsim built"
