@@ -1,0 +1,45 @@
+"""One lab per test session: the real services start once (or are reused when already up)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lab.spec import load_spec
+
+_SPEC = load_spec()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Flows in tests talk to the lab's real Prefect server.
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_SPEC.ports.prefect}/api"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def lab_control():
+    from lab.control import Lab
+
+    lab = Lab(_SPEC)
+    already = lab.services()
+    status = lab.up()
+    yield lab
+    if not os.environ.get("DRBOOK_KEEP_LAB") and not all(already.values()):
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab(lab_control) -> dict:
+    """The lab's status dict (see `drbook lab status --json`)."""
+    return lab_control.status()
+
+
+@pytest.fixture(scope="session")
+def prefect_fast():
+    """Sync flow runs pay ~1 s joining the heartbeat thread; switch it off (DESIGN.md §6)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

@@ -1,0 +1,182 @@
+"""The lab's services, each through its real client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+
+import paramiko
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from drbook.errors import ConfigError, LabError
+from lab.control import Lab
+from lab.procs import Managed
+from lab.spec import load_spec
+
+STATUS_SHAPE = {
+    "lab_dir": str,
+    "ca_bundle": str,
+    "vcenter": {"url", "host", "port", "user", "password"},
+    "azurite": {"blob_endpoint", "account", "key", "connection_string"},
+    "arm": {"base_url", "subscription_id", "location"},
+    "prefect": {"api_url", "ui_url"},
+}
+
+
+def test_status_json_has_the_documented_shape(lab):
+    out = subprocess.run([sys.executable, "-m", "drbook.cli", "lab", "status", "--json"], capture_output=True, text=True, check=True)
+    status = json.loads(out.stdout)
+    for key, shape in STATUS_SHAPE.items():
+        assert key in status
+        if isinstance(shape, set):
+            assert shape <= set(status[key]), f"{key} lacks {shape - set(status[key])}"
+    names = [m["name"] for m in status["machines"]]
+    assert names == ["app01", "app02", "db01"]
+    for m in status["machines"]:
+        assert {"name", "vm_name", "os", "address", "port", "user", "key_file", "known_hosts", "disks"} <= set(m)
+        for d in m["disks"]:
+            assert Path(d["path"]).stat().st_size == d["size_bytes"]
+
+
+def test_vcenter_lists_lab_vms_over_verified_tls(lab):
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVmomi import vim
+
+    ctx = ssl.create_default_context(cafile=lab["ca_bundle"])
+    vc = lab["vcenter"]
+    si = SmartConnect(host=vc["host"], port=vc["port"], user=vc["user"], pwd=vc["password"], sslContext=ctx)
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+        vms = {vm.name: vm for vm in view.view}
+        spec = load_spec()
+        for m in spec.machines:
+            vm = vms[m.name]
+            assert vm.config.hardware.numCPU == m.cpus
+            assert vm.config.hardware.memoryMB == m.memory_mb
+            assert vm.guest.ipAddress == m.ip
+            disks = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+            assert [d.capacityInKB // 1024 for d in disks] == [d.size_mib for d in m.disks]
+    finally:
+        Disconnect(si)
+
+
+def test_vcenter_refuses_a_client_that_does_not_trust_the_lab_ca(lab):
+    from pyVim.connect import SmartConnect
+
+    vc = lab["vcenter"]
+    with pytest.raises(ssl.SSLError):
+        SmartConnect(host=vc["host"], port=vc["port"], user=vc["user"], pwd=vc["password"], sslContext=ssl.create_default_context())
+
+
+def _ssh(machine: dict, known_hosts: str) -> paramiko.SSHClient:
+    client = paramiko.SSHClient()
+    client.load_host_keys(known_hosts)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect(machine["address"], port=machine["port"], username=machine["user"], key_filename=machine["key_file"],
+                   look_for_keys=False, allow_agent=False, timeout=5)
+    return client
+
+
+def test_every_machine_answers_ssh_with_a_verified_host_key(lab):
+    for m in lab["machines"]:
+        client = _ssh(m, m["known_hosts"])
+        try:
+            _, stdout, _ = client.exec_command("echo $DRBOOK_MACHINE")
+            assert stdout.read().decode().strip() == m["name"]
+        finally:
+            client.close()
+
+
+def test_a_wrong_host_key_is_refused(lab, tmp_path):
+    m = lab["machines"][0]
+    other = lab["machines"][1]
+    # Claim app01's address has app02's host key.
+    other_pub = (Path(lab["lab_dir"]) / "machines" / other["name"] / "ssh_host_ed25519_key.pub").read_text().strip()
+    bad = tmp_path / "known_hosts"
+    bad.write_text(f"{m['address']} {other_pub}\n")
+    with pytest.raises(paramiko.BadHostKeyException):
+        _ssh(m, str(bad))
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
+        _ssh(m, str(empty))
+
+
+def test_azurite_page_blob_snapshot_round_trip(lab):
+    az = lab["azurite"]
+    svc = BlobServiceClient(az["blob_endpoint"], credential={"account_name": az["account"], "account_key": az["key"]},
+                            connection_verify=lab["ca_bundle"])
+    container = svc.get_container_client(f"labtest-{uuid.uuid4().hex[:8]}")
+    container.create_container()
+    try:
+        blob = container.get_blob_client("disk.vhd")
+        blob.create_page_blob(size=1024 * 1024)
+        first = os.urandom(4096)
+        blob.upload_page(first, offset=0, length=4096)
+        snap = blob.create_snapshot()
+        second = os.urandom(4096)
+        blob.upload_page(second, offset=0, length=4096)
+        assert blob.download_blob(offset=0, length=4096).readall() == second
+        old = container.get_blob_client("disk.vhd", snapshot=snap["snapshot"])
+        assert old.download_blob(offset=0, length=4096).readall() == first
+        ranges, _ = blob.get_page_ranges()
+        assert ranges == [{"start": 0, "end": 4095}]
+    finally:
+        container.delete_container()
+
+
+def test_prefect_server_answers(lab):
+    with urllib.request.urlopen(f"{lab['prefect']['api_url']}/health", timeout=5) as r:
+        assert json.loads(r.read()) is True
+
+
+def test_lab_up_is_idempotent_and_restarts_what_died(lab_control):
+    azurite = lab_control.managed("azurite")
+    pid = azurite.pid()
+    assert pid
+    os.killpg(pid, signal.SIGKILL)
+    Managed  # noqa: B018 - the pid file is still there; up must notice the process is gone
+    lab_control.up()
+    assert azurite.running() and azurite.pid() != pid
+    before = {n: lab_control.managed(n).pid() for n in lab_control.services()}
+    lab_control.up()
+    after = {n: lab_control.managed(n).pid() for n in lab_control.services()}
+    assert before == after
+
+
+def test_an_invalid_lab_spec_names_file_and_field(tmp_path):
+    bad = tmp_path / "spec.yaml"
+    bad.write_text(
+        "networks: [{name: n, prefix: 10.0.0.0/24}]\n"
+        "machines: [{name: m1, address: 10.1.1.1, ip: 10.0.0.5, network: n, disks: [{name: d, size_mib: 4}]}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_spec(bad)
+    assert str(bad) in str(err.value) and "machines.0.address" in str(err.value) and "loopback" in str(err.value)
+
+
+def test_a_port_in_use_stops_lab_up_with_a_clear_message(tmp_path):
+    import socket
+
+    spec = load_spec()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    try:
+        spec = spec.model_copy(update={"ports": spec.ports.model_copy(update={"azurite": port})})
+        lab = Lab(spec, tmp_path / "lab", say=lambda _m: None)
+        with pytest.raises(LabError, match=f"port 127.0.0.1:{port} is already in use"):
+            lab.up()
+        assert not any(lab.services().values()), "nothing may be left half-started"
+    finally:
+        sock.close()
