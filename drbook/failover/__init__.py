@@ -1,0 +1,1 @@
+"""Bringing machines up in Azure: decisions (pure) beside the steps that apply them."""

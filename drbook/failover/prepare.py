@@ -1,0 +1,212 @@
+"""prepare-azure: the recovery site's desired state, what would change, and applying it.
+
+`desired_state(site)` is pure; `plan()` reads Azure and says, per resource, create /
+update / unchanged; `apply()` makes the changes (every call idempotent: create_or_update).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from drbook.adapters.azure import AzureClients, map_azure_errors
+from drbook.config import SiteConfig
+from drbook.errors import NotFoundError
+
+TAGS = {"drbook": "recovery-site"}
+
+
+class NsgRule(BaseModel):
+    name: str
+    priority: int
+    direction: Literal["Inbound", "Outbound"]
+    access: Literal["Allow", "Deny"]
+    source: str
+    destination: str
+
+
+class NsgSpec(BaseModel):
+    name: str
+    rules: list[NsgRule]
+
+
+class VnetSpec(BaseModel):
+    name: str
+    address_space: list[str]
+    subnets: dict[str, str]
+    nsg: str | None = None
+    isolated: bool = False
+
+
+class DesiredState(BaseModel):
+    resource_group: str
+    location: str
+    storage_account: str
+    containers: list[str]
+    nsgs: list[NsgSpec]
+    vnets: list[VnetSpec]
+
+
+class Step(BaseModel):
+    kind: str
+    name: str
+    action: Literal["create", "update", "unchanged"]
+    detail: str = ""
+
+
+def test_vnet_name(prod_vnet: str) -> str:
+    return f"{prod_vnet}-test"
+
+
+def test_nsg_name(prod_vnet: str) -> str:
+    return f"{prod_vnet}-test-isolation"
+
+
+def isolation_rules(address_space: list[str]) -> list[NsgRule]:
+    """No way in from outside the test network, no way out to the Internet."""
+    rules = []
+    for i, prefix in enumerate(address_space):
+        rules.append(NsgRule(name=f"allow-test-net-in-{i}", priority=100 + i, direction="Inbound", access="Allow", source=prefix, destination="*"))
+        rules.append(NsgRule(name=f"allow-test-net-out-{i}", priority=100 + i, direction="Outbound", access="Allow", source="*", destination=prefix))
+    rules.append(NsgRule(name="deny-internet-out", priority=200, direction="Outbound", access="Deny", source="*", destination="Internet"))
+    rules.append(NsgRule(name="deny-all-in", priority=4000, direction="Inbound", access="Deny", source="*", destination="*"))
+    rules.append(NsgRule(name="deny-all-out", priority=4000, direction="Outbound", access="Deny", source="*", destination="*"))
+    return rules
+
+
+def desired_state(site: SiteConfig) -> DesiredState:
+    vnets: dict[str, VnetSpec] = {}
+    for m in site.network_mapping:
+        v = vnets.setdefault(m.target_vnet, VnetSpec(name=m.target_vnet, address_space=[m.vnet_address_space], subnets={}))
+        if m.vnet_address_space not in v.address_space:
+            v.address_space.append(m.vnet_address_space)
+        v.subnets[m.target_subnet] = m.address_prefix
+    nsgs = []
+    all_vnets = list(vnets.values())
+    for v in list(vnets.values()):
+        # Same address space, so machines keep their IPs in a drill; no peering, ever.
+        nsg = test_nsg_name(v.name)
+        nsgs.append(NsgSpec(name=nsg, rules=isolation_rules(v.address_space)))
+        all_vnets.append(VnetSpec(name=test_vnet_name(v.name), address_space=v.address_space, subnets=dict(v.subnets), nsg=nsg, isolated=True))
+    c = site.azure.containers
+    return DesiredState(
+        resource_group=site.azure.resource_group,
+        location=site.azure.location,
+        storage_account=site.azure.storage_account,
+        containers=[c.cache, c.replicas, c.vault, imports_container(site)],
+        nsgs=nsgs,
+        vnets=all_vnets,
+    )
+
+
+def imports_container(site: SiteConfig) -> str:
+    return f"{site.azure.containers.replicas}-imports"
+
+
+# -- reading what exists -------------------------------------------------------------------
+def _get(what: str, fn):
+    try:
+        with map_azure_errors(what):
+            return fn()
+    except NotFoundError:
+        return None
+
+
+def _rules_of(nsg) -> set[tuple]:
+    return {
+        (r.name, r.priority, r.direction, r.access, r.source_address_prefix, r.destination_address_prefix)
+        for r in (nsg.security_rules or [])
+    }
+
+
+def plan(site: SiteConfig, clients: AzureClients, blob_service) -> list[Step]:
+    want = desired_state(site)
+    rg = want.resource_group
+    steps: list[Step] = []
+    exists = _get(f"resource group {rg}", lambda: clients.resource.resource_groups.get(rg))
+    steps.append(Step(kind="resource group", name=rg, action="unchanged" if exists else "create", detail=want.location))
+    account = _get(f"storage account {want.storage_account}",
+                   lambda: clients.storage.storage_accounts.get_properties(rg, want.storage_account)) if exists else None
+    steps.append(Step(kind="storage account", name=want.storage_account, action="unchanged" if account else "create"))
+    existing_containers = {c.name for c in blob_service.list_containers()}
+    for name in want.containers:
+        steps.append(Step(kind="blob container", name=name, action="unchanged" if name in existing_containers else "create"))
+    for nsg in want.nsgs:
+        current = _get(f"NSG {nsg.name}", lambda: clients.network.network_security_groups.get(rg, nsg.name)) if exists else None
+        wanted = {(r.name, r.priority, r.direction, r.access, r.source, r.destination) for r in nsg.rules}
+        action = "create" if current is None else ("unchanged" if _rules_of(current) == wanted else "update")
+        steps.append(Step(kind="network security group", name=nsg.name, action=action, detail=f"{len(nsg.rules)} rules"))
+    for v in want.vnets:
+        current = _get(f"virtual network {v.name}", lambda: clients.network.virtual_networks.get(rg, v.name)) if exists else None
+        detail = ", ".join(f"{k}={p}" for k, p in v.subnets.items()) + (" (isolated test network)" if v.isolated else "")
+        if current is None:
+            action = "create"
+        else:
+            subnets = {s.name: s.address_prefix for s in (current.subnets or [])}
+            same_nsg = all(
+                ((s.network_security_group.id.rsplit("/", 1)[-1] if s.network_security_group else None) == v.nsg)
+                for s in (current.subnets or [])
+            )
+            same = list(current.address_space.address_prefixes) == v.address_space and subnets == v.subnets and same_nsg
+            action = "unchanged" if same else "update"
+        steps.append(Step(kind="virtual network", name=v.name, action=action, detail=detail))
+    return steps
+
+
+# -- applying --------------------------------------------------------------------------------
+def apply(site: SiteConfig, clients: AzureClients, blob_service, steps: list[Step]) -> list[Step]:
+    want = desired_state(site)
+    rg, loc = want.resource_group, want.location
+    todo = {(s.kind, s.name) for s in steps if s.action != "unchanged"}
+    sub = site.azure.subscription_id
+    if ("resource group", rg) in todo:
+        with map_azure_errors(f"create resource group {rg}"):
+            clients.resource.resource_groups.create_or_update(rg, {"location": loc, "tags": TAGS})
+    if ("storage account", want.storage_account) in todo:
+        with map_azure_errors(f"create storage account {want.storage_account}"):
+            clients.storage.storage_accounts.begin_create(
+                rg, want.storage_account,
+                {"location": loc, "kind": "StorageV2", "sku": {"name": "Standard_LRS"}, "tags": TAGS},
+            ).result()
+    for name in want.containers:
+        if ("blob container", name) in todo:
+            from drbook.adapters.blobstore import map_blob_errors
+
+            with map_blob_errors():
+                blob_service.create_container(name)
+    for nsg in want.nsgs:
+        if ("network security group", nsg.name) in todo:
+            body = {
+                "location": loc,
+                "tags": TAGS,
+                "security_rules": [
+                    {
+                        "name": r.name, "priority": r.priority, "direction": r.direction, "access": r.access,
+                        "protocol": "*", "source_address_prefix": r.source, "destination_address_prefix": r.destination,
+                        "source_port_range": "*", "destination_port_range": "*",
+                    }
+                    for r in nsg.rules
+                ],
+            }
+            with map_azure_errors(f"create NSG {nsg.name}"):
+                clients.network.network_security_groups.begin_create_or_update(rg, nsg.name, body).result()
+    for v in want.vnets:
+        if ("virtual network", v.name) not in todo:
+            continue
+        nsg_ref = (
+            {"id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkSecurityGroups/{v.nsg}"}
+            if v.nsg else None
+        )
+        body = {
+            "location": loc,
+            "tags": {**TAGS, "drbook-network": "test" if v.isolated else "production"},
+            "address_space": {"address_prefixes": v.address_space},
+            "subnets": [
+                {"name": name, "address_prefix": prefix, **({"network_security_group": nsg_ref} if nsg_ref else {})}
+                for name, prefix in v.subnets.items()
+            ],
+        }
+        with map_azure_errors(f"create virtual network {v.name}"):
+            clients.network.virtual_networks.begin_create_or_update(rg, v.name, body).result()
+    return steps
