@@ -200,11 +200,19 @@ class VSphereConnection:
 
     # --- power -----------------------------------------------------------------------------
 
+    def vms_by_name(self) -> dict[str, list[Any]]:
+        """Every VM (pyVmomi object) by name, from one retrieval."""
+        with map_vsphere_errors("listing VMs"):
+            objects = self._collect([vim.VirtualMachine], {vim.VirtualMachine: ["name"]})
+        found: dict[str, list[Any]] = {}
+        for o in objects:
+            if o.propSet:
+                found.setdefault(o.propSet[0].val, []).append(o.obj)
+        return found
+
     def find_vm(self, vm_name: str) -> Any:
         """The VM of that name; exactly one must exist."""
-        with map_vsphere_errors(f"looking up VM {vm_name!r}"):
-            objects = self._collect([vim.VirtualMachine], {vim.VirtualMachine: ["name"]})
-        found = [o.obj for o in objects if o.propSet and o.propSet[0].val == vm_name]
+        found = self.vms_by_name().get(vm_name, [])
         if not found:
             raise VSphereError(f"no VM named {vm_name!r} in vCenter {self.url}")
         if len(found) > 1:
