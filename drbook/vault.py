@@ -250,16 +250,15 @@ class Vault:
             raise ValueError(f"lease duration must be 15-60 s (Azure's range), got {duration_s}")
         key = f"locks/{name}"
         blob = self.container.get_blob_client(key)
-        with map_blob_errors(f"create lock {self._what(key)}"):
-            try:
-                blob.upload_blob(b"", overwrite=False)
-            except ResourceExistsError:
-                pass
         try:
-            with map_blob_errors(f"acquire lock {self._what(key)}"):
-                client: BlobLeaseClient = blob.acquire_lease(lease_duration=duration_s)
-        except LeaseHeldError:
-            raise self._held(name, key) from None
+            client = self._acquire(name, key, duration_s)
+        except NotFoundError as err:
+            if _container_missing(err):
+                raise self._missing(err, key) from None
+            # First use of this lock: create its blob (a racing creator is fine), then acquire.
+            with contextlib.suppress(ConflictError, LeaseHeldError), map_blob_errors(f"create lock {self._what(key)}"):
+                blob.upload_blob(b"", overwrite=False)
+            client = self._acquire(name, key, duration_s)
         lease = Lease(name=name, key=key, holder=holder, lease_id=client.id, since=utcnow(), duration_s=duration_s)
         stop = threading.Event()
         renewer = threading.Thread(
@@ -278,6 +277,13 @@ class Vault:
             if renewer.is_alive():
                 renewer.join()
             self._release(blob, client, lease)
+
+    def _acquire(self, name: str, key: str, duration_s: int) -> BlobLeaseClient:
+        try:
+            with map_blob_errors(f"acquire lock {self._what(key)}"):
+                return self.container.get_blob_client(key).acquire_lease(lease_duration=duration_s)
+        except LeaseHeldError:
+            raise self._held(name, key) from None
 
     def _held(self, name: str, key: str) -> LeaseHeldError:
         holder = since = None

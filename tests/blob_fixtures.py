@@ -1,6 +1,6 @@
 """A real Azurite (blob service only) for the session, over HTTPS with the lab CA.
 
-Use it from a test module with `from blob_fixtures import azurite, azurite_blob`.
+Use it from a test module with `from tests.blob_fixtures import azurite, azurite_blob`.
 """
 
 from __future__ import annotations

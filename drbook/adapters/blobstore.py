@@ -35,7 +35,8 @@ from drbook.secrets import resolve_secret
 # Azure's own retry starts at 15 s and triples; a DR run would rather fail fast here and
 # let the task's retry policy (which sees `retryable`) decide.
 DEFAULT_RETRY = dict(initial_backoff=1, increment_base=2, retry_total=3, random_jitter_range=1)
-STORAGE_SCOPE = "https://storage.azure.com/.default"
+_RETRY_KEYS = ("initial_backoff", "increment_base", "retry_total", "random_jitter_range",
+               "retry_connect", "retry_read", "retry_status")
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Someone else holds the lease (or a write hit a leased blob without its id).
@@ -95,7 +96,9 @@ def blob_service_from(
         credential = AzureNamedKeyCredential(account, key)
     if credential is None:
         raise BlobStoreError(f"no credential for blob endpoint {endpoint}: give a storage key or a token credential")
-    client_kwargs.setdefault("retry_policy", ExponentialRetry(**DEFAULT_RETRY))
+    if "retry_policy" not in client_kwargs:
+        retry = {**DEFAULT_RETRY, **{k: client_kwargs.pop(k) for k in _RETRY_KEYS if k in client_kwargs}}
+        client_kwargs["retry_policy"] = ExponentialRetry(**retry)
     if ca_bundle is not None:
         client_kwargs.setdefault("connection_verify", str(ca_bundle))
     return BlobServiceClient(endpoint.rstrip("/"), credential=credential, **client_kwargs)
