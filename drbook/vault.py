@@ -400,17 +400,23 @@ class Vault:
                 raise
             raise self._no_item(name) from None
         frm = moved["from"]
-        self.audit(
-            AuditEntry(
-                actor=self.actor,
-                item=name,
-                action=statemachine.move(frm, to).action,
-                from_state=frm,
-                to_state=to,
-                flow_run_id=flow_run_id,
-                detail={"reason": reason} if reason else {},
-            )
+        entry = AuditEntry(
+            actor=self.actor,
+            item=name,
+            action=statemachine.move(frm, to).action,
+            from_state=frm,
+            to_state=to,
+            flow_run_id=flow_run_id,
+            detail={"reason": reason} if reason else {},
         )
+        try:
+            self.audit(entry)
+        except DRError as exc:
+            # The move is written; retrying the transition would now be refused, so say so.
+            raise VaultError(
+                f"{name} moved from {frm.value} to {to.value}, but its audit entry could not be written: {exc}",
+                retryable=False,
+            ) from None
         return updated
 
 

@@ -19,6 +19,7 @@ from drbook.errors import (
     LeaseHeldError,
     NotFoundError,
     StateTransitionError,
+    VaultError,
 )
 from drbook.models import AuditEntry, ItemState, Policy, ProtectedItem, RecoveryPoint, utcnow
 from drbook.vault import Vault
@@ -216,6 +217,32 @@ def test_illegal_transition_touches_nothing(vault: Vault):
     assert vault.keys("audit/") == audit_before
 
 
+def test_two_racing_failovers_one_wins(azurite: AzuriteInfo, vault: Vault):
+    vault.save_item(_item("db01", ItemState.PROTECTED))
+    start = threading.Barrier(2)
+    outcome: dict[str, object] = {}
+
+    def failover(who: str) -> None:
+        mine = Vault(azurite.client().get_container_client(vault.name), actor=who)
+        start.wait()
+        try:
+            outcome[who] = mine.transition("db01", ItemState.FAILED_OVER, mutate=lambda i: setattr(i, "failover_run_id", who))
+        except StateTransitionError as exc:
+            outcome[who] = exc
+
+    threads = [threading.Thread(target=failover, args=(w,)) for w in ("ps1", "ps2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    refused = [w for w, r in outcome.items() if isinstance(r, StateTransitionError)]
+    won = [w for w, r in outcome.items() if isinstance(r, ProtectedItem)]
+    assert len(won) == 1 and len(refused) == 1
+    assert "from failed-over to failed-over" in str(outcome[refused[0]])
+    assert vault.item("db01").failover_run_id == won[0]
+    assert [(e.actor, e.action) for e in vault.audit_log("db01")] == [(won[0], "failover")]
+
+
 def test_transition_of_unknown_item(vault: Vault):
     vault.save_item(_item("app01"))
     with pytest.raises(NotFoundError, match=r"no protected item 'db01' \(known: app01\)"):
@@ -264,6 +291,22 @@ def test_lease_renewals_are_counted(vault: Vault):
         time.sleep(1.1)
         lease.check()
     assert lease.renewals >= 4 and lease.lost is None
+
+
+def test_a_lost_lease_is_reported(vault: Vault):
+    from azure.storage.blob import BlobLeaseClient
+
+    with vault.lease("failover-db01", holder="alice", renew_every=0.2) as lease:
+        # Someone breaks the lease (an operator's `az storage blob lease break`).
+        BlobLeaseClient(vault.container.get_blob_client(lease.key)).break_lease(lease_break_period=0)
+        deadline = time.monotonic() + 5
+        while lease.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lease.lost is not None
+        with pytest.raises(VaultError, match="lock 'failover-db01' was lost while alice held it"):
+            lease.check()
+    with vault.lease("failover-db01", holder="bob"):  # the broken lock can be taken again
+        pass
 
 
 def test_lease_outlives_its_duration_while_the_body_runs(vault: Vault):

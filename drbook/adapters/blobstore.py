@@ -194,7 +194,7 @@ def translate(exc: AzureError, what: str) -> DRError:
 
 
 @contextlib.contextmanager
-def map_blob_errors(what: str) -> Iterator[None]:
+def map_blob_errors(what: str = "blob storage") -> Iterator[None]:
     """Translate azure-core exceptions raised in the body into drbook errors naming `what`."""
     try:
         yield
