@@ -108,6 +108,7 @@ class MachineConfig(_Strict):
     thaw_hooks: list[str] = []
     crash_hooks: list[str] = Field([], description="crash-consistency freeze commands (pause, fsfreeze)")
     crash_thaw_hooks: list[str] = []
+    shutdown_command: str = Field("shutdown -h now", description="clean shutdown of a physical server (planned failover)")
 
 
 class PolicyConfig(_Strict):

@@ -19,6 +19,7 @@ from drbook.errors import AzureError, NotFoundError, VerificationError
 from drbook.failover.network import NicPlan
 from drbook.failover.prepare import imports_container
 from drbook.models import PointDisk, RecoveryPoint
+from drbook.replication.manifest import Manifest
 from drbook.secrets import resolve_secret
 
 TAG_ITEM = "drbook-item"
@@ -170,7 +171,7 @@ class DiskVerification(BaseModel):
         return not self.mismatched_blocks and self.footer_ok
 
 
-def verify_disk(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk: DiskPlan, manifest: list[bytes],
+def verify_disk(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk: DiskPlan, manifest: Manifest,
                 progress: Callable[[int], None] | None = None) -> DiskVerification:
     """Read the managed disk back through a grant-access SAS and compare every block's SHA-256
     with the recovery point's manifest. Access is revoked afterwards, also on failure."""
@@ -191,7 +192,7 @@ def verify_disk(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk
                 for i in range(0, len(data), bs):
                     index = (offset + i) // bs
                     digest = hashlib.sha256(data[i:i + bs]).digest()
-                    if index >= len(manifest) or digest != manifest[index]:
+                    if index >= manifest.blocks or digest != manifest[index]:
                         mismatched.append(index)
                 offset += length
                 if progress:
@@ -202,7 +203,7 @@ def verify_disk(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk
     finally:
         with map_azure_errors(f"revoke access to {disk.name}"):
             clients.compute.disks.begin_revoke_access(plan.resource_group, disk.name).result()
-    return DiskVerification(disk=disk.disk, managed_disk=disk.name, blocks=len(manifest), bytes_verified=pd.size_bytes,
+    return DiskVerification(disk=disk.disk, managed_disk=disk.name, blocks=manifest.blocks, bytes_verified=pd.size_bytes,
                             mismatched_blocks=mismatched, footer_ok=footer_ok)
 
 
@@ -279,20 +280,25 @@ def run_script(clients: AzureClients, plan: MachinePlan, script: str) -> str:
 
 
 # -- removal ---------------------------------------------------------------------------------
+def delete_resource(clients: AzureClients, kind: Literal["VM", "NIC", "disk"], rg: str, name: str) -> bool:
+    """Delete one resource this module makes; False when it was not there."""
+    begin_delete = {
+        "VM": clients.compute.virtual_machines.begin_delete,
+        "NIC": clients.network.network_interfaces.begin_delete,
+        "disk": clients.compute.disks.begin_delete,
+    }[kind]
+    try:
+        with map_azure_errors(f"delete {kind} {name}"):
+            begin_delete(rg, name).result()
+        return True
+    except NotFoundError:
+        return False
+
+
 def delete_machine(clients: AzureClients, plan: MachinePlan) -> list[str]:
     """Remove what building `plan` made, in dependency order; missing pieces are fine."""
-    removed = []
-    steps = [("VM", plan.vm_name, clients.compute.virtual_machines.begin_delete),
-             ("NIC", plan.nic_name, clients.network.network_interfaces.begin_delete)]
-    steps += [("disk", d.name, clients.compute.disks.begin_delete) for d in plan.disks]
-    for kind, name, begin_delete in steps:
-        try:
-            with map_azure_errors(f"delete {kind} {name}"):
-                begin_delete(plan.resource_group, name).result()
-            removed.append(f"{kind} {name}")
-        except NotFoundError:
-            pass
-    return removed
+    parts = [("VM", plan.vm_name), ("NIC", plan.nic_name)] + [("disk", d.name) for d in plan.disks]
+    return [f"{kind} {name}" for kind, name in parts if delete_resource(clients, kind, plan.resource_group, name)]
 
 
 _DELETE_ORDER = ("Microsoft.Compute/virtualMachines", "Microsoft.Network/networkInterfaces",

@@ -1,0 +1,86 @@
+"""A site at run time: the config plus the clients built from it, made once per process.
+
+Prefect task parameters must be serialisable, so tasks receive the site config's path and
+call `open_site(path)`, which returns the same handles for the same path within a process.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from drbook.config import MachineConfig, SiteConfig, default_site_path, load_site
+
+_lock = threading.Lock()
+_cache: dict[str, "Site"] = {}
+
+
+@dataclass
+class Site:
+    cfg: SiteConfig
+    path: Path
+    actor: str = "drbook"
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @cached_property
+    def blob_service(self):
+        from drbook.adapters.blobstore import blob_service
+
+        return blob_service(self.cfg)
+
+    @cached_property
+    def vault(self):
+        from drbook.vault import Vault
+
+        vault = Vault.from_site(self.cfg, actor=self.actor)
+        vault.ensure()
+        return vault
+
+    @cached_property
+    def azure(self):
+        from drbook.adapters.azure import AzureClients
+
+        return AzureClients(self.cfg.azure)
+
+    @cached_property
+    def encryption_key(self) -> bytes:
+        from drbook.secrets import resolve_secret
+
+        return bytes.fromhex(resolve_secret(self.cfg.azure.encryption_key).get_secret_value())
+
+    def shell_for(self, machine: MachineConfig):
+        if machine.os == "windows":
+            from drbook.adapters.winrm import WinRmShell
+
+            return WinRmShell(machine)
+        from drbook.adapters.ssh import SshShell
+
+        return SshShell(machine)
+
+    @cached_property
+    def engine(self):
+        from drbook.replication.engine import ReplicationEngine
+
+        return ReplicationEngine(self.cfg, self.vault, self.blob_service, self.shell_for, self.encryption_key)
+
+    def machine(self, name: str) -> MachineConfig:
+        return self.cfg.machine(name)
+
+
+def open_site(path: str | Path | None = None) -> Site:
+    resolved = Path(path) if path else default_site_path()
+    key = str(resolved.resolve())
+    with _lock:
+        site = _cache.get(key)
+        if site is None:
+            site = Site(cfg=load_site(resolved), path=resolved)
+            _cache[key] = site
+        return site
+
+
+def forget_sites() -> None:
+    """Drop cached handles (tests that rewrite a site config)."""
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,164 @@
+"""failover (planned or unplanned) and commit.
+
+failover: leases held throughout -> approval pause (nothing touched before a yes) ->
+planned: quiesce and shut the source down, last cycle -> point choice -> build + verify in
+the production network (rolled back as a whole on any failure) -> state failed-over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from prefect import flow, get_run_logger, pause_flow_run
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.input import RunInput
+from prefect.transactions import transaction
+
+from drbook import state as statelib
+from drbook.errors import ApprovalRejected
+from drbook.failover import points as pointlib
+from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery, taken_ips
+from drbook.models import AzureVmRef, FailoverRecord, ItemState, utcnow
+from drbook.report import markdown, table_rows, write_html
+from drbook.site import open_site
+from flows.common import current_run_id, parallel
+from flows.recover import build_machine
+from tasks import azure as t
+from tasks import replication as rt
+from tasks import source as st
+
+
+class FailoverApproval(RunInput):
+    """The form a human fills in the Prefect UI (or with `drbook approve`)."""
+
+    approve: bool = False
+    approver: str = ""
+    comment: str = ""
+    point: str = pointlib.LATEST
+
+
+def failover_key(run_id: str) -> str:
+    return f"failovers/{run_id}.json"
+
+
+@flow(name="failover", log_prints=True)
+def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bool = False,
+                  approval_timeout: int = 3600, site_path: str | None = None) -> dict:
+    log = get_run_logger()
+    site = open_site(site_path)
+    sp = str(site.path)
+    run_id = current_run_id()
+    items = [site.vault.item(m) for m in machines]
+    for item in items:
+        statelib.require_state(item, {ItemState.PROTECTED}, action="fail over")
+    record = FailoverRecord(run_id=run_id, items=machines, planned=planned)
+    with contextlib.ExitStack() as leases:
+        # Held from before the approval to the end: a second failover of a machine is refused.
+        for m in machines:
+            leases.enter_context(site.vault.lease(f"failover-{m}", holder=f"failover {run_id}", duration_s=30))
+        site.vault.put(failover_key(run_id), record)
+        try:
+            answer = pause_flow_run(
+                wait_for_input=FailoverApproval.with_initial_data(
+                    description=(f"Fail over {', '.join(machines)} to Azure ({'planned' if planned else 'unplanned'}). "
+                                 "Set approve to true to go on; anything else changes nothing."),
+                    approve=False, point=point),
+                timeout=approval_timeout, poll_interval=1, key="failover-approval",
+            )
+        except FlowPauseTimeout:
+            answer = None
+        if answer is None or not answer.approve:
+            why = "nobody approved in time" if answer is None else f"rejected by {answer.approver or 'someone'}"
+            site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
+                "status": "rejected", "finished": utcnow(), "comment": answer.comment if answer else "timed out",
+                "approver": answer.approver if answer else None}))
+            raise ApprovalRejected(f"failover of {', '.join(machines)} not approved ({why}); nothing was changed")
+        point = answer.point or point
+        site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
+            "status": "running", "approver": answer.approver, "comment": answer.comment}))
+        log.info("approved by %s: %s", answer.approver or "(unnamed)", answer.comment)
+        started = time.monotonic()
+
+        if planned:
+            # Zero data loss: stop writes for good, take the last point, then shut the source down.
+            for m in machines:
+                st.quiesce_for_shutdown(sp, m)
+            final = {p.item: p for p in rt.final_cycles(sp, machines) if p is not None}
+            missing = sorted(set(machines) - set(final))
+            if missing:
+                raise ApprovalRejected(f"planned failover needs a last cycle, but {', '.join(missing)} did not answer; "
+                                       "nothing was changed in Azure (the source stays quiesced; use an unplanned failover)")
+            for m in machines:
+                st.shut_down_source(sp, m)
+            point = "latest-processed"
+            chosen = {m: final[m] for m in machines}
+        else:
+            if pointlib.needs_final_cycle(point):
+                rt.final_cycles(sp, machines)
+            chosen = choose_points(site.cfg, items, {i.name: rt.points_of(site, i.name) for i in items}, point)
+        rg = site.cfg.azure.resource_group
+        sizes = offered_sizes(site.azure, site.cfg.azure.location)
+        plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="failover", resource_group=rg,
+                              sizes=sizes, taken=taken_ips(site.azure, rg))
+        try:
+            with transaction():
+                rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started), plans)
+        except BaseException:
+            swept = t.sweep_run(sp, run_id)
+            site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
+                "status": "rolled-back", "finished": utcnow(), "report": {"swept": swept}}))
+            raise
+        for row in rows:
+            ref = AzureVmRef(machine=row.machine, resource_group=row.resource_group, vm_name=row.vm_name,
+                             disks=row.disks, nics=[row.nic], ip=row.ip)
+
+            def mutate(item, ref=ref, row=row):
+                item.failover_run_id = run_id
+                item.failover_point_id = row.point_id
+                item.azure_vms = [ref]
+
+            site.vault.transition(row.item, ItemState.FAILED_OVER, flow_run_id=run_id,
+                                  reason=f"failover to point {row.point_id}", mutate=mutate)
+        finished = utcnow()
+        html = write_html(site.path.parent / "reports" / f"failover-{run_id}.html", kind="failover", run_label=run_id,
+                          rows=rows, resource_group=rg, started=record.started.isoformat(),
+                          finished=finished.isoformat(), flow_run_id=run_id)
+        create_markdown_artifact(markdown("failover", run_id, rows, rg), key="failover-report", description="failover report")
+        create_table_artifact(table_rows(rows), key="failover-table", description="failover results per machine")
+        result = {
+            "run_id": run_id,
+            "planned": planned,
+            "report": str(html),
+            "vms": [{"machine": r.machine, "resource_group": r.resource_group, "vm_name": r.vm_name, "disks": r.disks}
+                    for r in rows],
+            "results": [r.model_dump(mode="json") for r in rows],
+        }
+        site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
+            "status": "succeeded", "finished": finished, "point_ids": {x.item: x.point_id for x in rows},
+            "vms": [AzureVmRef(machine=x.machine, resource_group=x.resource_group, vm_name=x.vm_name, disks=x.disks,
+                               nics=[x.nic], ip=x.ip) for x in rows],
+            "report": result}))
+        return result
+
+
+@flow(name="commit", log_prints=True)
+def commit_flow(machines: list[str], site_path: str | None = None) -> dict:
+    """End a failover: the other recovery points go, the state becomes committed."""
+    site = open_site(site_path)
+    run_id = current_run_id()
+    items = [site.vault.item(m) for m in machines]
+    for item in items:  # refuse before touching anything
+        statelib.require_state(item, {ItemState.FAILED_OVER}, action="commit")
+    out = {}
+    for item in items:
+        with site.vault.lease(f"failover-{item.name}", holder=f"commit {run_id}", duration_s=30):
+            deleted = rt.delete_points_except(str(site.path), item.name, item.failover_point_id)
+            site.vault.transition(item.name, ItemState.COMMITTED, flow_run_id=run_id,
+                                  reason=f"commit of failover {item.failover_run_id}")
+            if item.failover_run_id:
+                site.vault.update(failover_key(item.failover_run_id), FailoverRecord,
+                                  lambda r: r.model_copy(update={"status": "committed"}))
+        out[item.name] = {"kept_point": item.failover_point_id, "deleted_points": deleted}
+    return out

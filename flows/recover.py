@@ -1,0 +1,47 @@
+"""The part test failover and failover share: build, verify, start and check machines.
+
+Runs inside the caller's `transaction()`: when any step fails, the tasks that completed
+roll back (their hooks delete what they made) and the caller sweeps the run's tag.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger
+
+from drbook.failover.build import DiskVerification, MachinePlan, power_state, require_verified
+from drbook.failover.recovery import MachineResult
+from drbook.models import utcnow
+from drbook.report import render_post_failover_script
+from drbook.site import open_site
+from tasks import azure as t
+
+
+def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: float) -> MachineResult:
+    log = get_run_logger()
+    site = open_site(site_path)
+    disk_futures = [t.import_disk.submit(site_path, plan, d.disk) for d in plan.disks]
+    disk_ids = [f.result() for f in disk_futures]
+    # Verify before anything boots from these disks: a VM never runs on bytes we did not check.
+    checks: list[DiskVerification] = [f.result() for f in [t.verify_disk.submit(site_path, plan, d.disk) for d in plan.disks]]
+    require_verified(checks, plan.machine)
+    log.info("%s: %d disks verified against point %s", plan.machine, len(checks), plan.point_id)
+    nic_id, ip = t.create_nic(site_path, plan)
+    t.create_vm(site_path, plan, disk_ids, nic_id)
+    state = t.start_vm(site_path, plan)
+    rto = time.monotonic() - started
+    script = render_post_failover_script(
+        machine=plan.machine, purpose=plan.purpose, run_id=plan.run_id, point_id=plan.point_id,
+        consistency=consistency, point_time=plan.point_time.isoformat(), vnet=plan.nic.vnet, subnet=plan.nic.subnet, ip=ip,
+    )
+    output = t.run_script(site_path, plan, script)
+    return MachineResult(
+        item=plan.item, machine=plan.machine, resource_group=plan.resource_group, vm_name=plan.vm_name, size=plan.size,
+        disks=[{"disk": d.disk, "resource_group": plan.resource_group, "name": d.name} for d in plan.disks],
+        nic=plan.nic_name, ip=ip, ip_note=plan.nic.note, point_id=plan.point_id, point_time=plan.point_time,
+        consistency=consistency, rpo_seconds=(utcnow() - plan.point_time).total_seconds(), rto_seconds=rto,
+        bytes_verified=sum(c.bytes_verified for c in checks), blocks_verified=sum(c.blocks for c in checks),
+        verified=all(c.ok for c in checks), power_state=power_state(site.azure, plan.resource_group, plan.vm_name) or state,
+        script_output=output,
+    )

@@ -1,0 +1,108 @@
+"""test-failover: bring machines up from a recovery point in the isolated test network,
+verify them byte for byte, report; `test-failover-cleanup` removes the drill and proves it."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.transactions import transaction
+
+from drbook import state as statelib
+from drbook.errors import DRError
+from drbook.failover import points as pointlib
+from drbook.failover.build import TAG_RUN, resources_of_run
+from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery
+from drbook.models import DrillRecord, ItemState, new_id, utcnow
+from drbook.report import markdown, table_rows, write_html
+from drbook.site import open_site
+from flows.common import current_run_id, parallel
+from flows.recover import build_machine
+from tasks import azure as t
+from tasks import replication as rt
+
+
+def drill_key(drill_id: str) -> str:
+    return f"drills/{drill_id}.json"
+
+
+@flow(name="test-failover", log_prints=True)
+def test_failover_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site_path: str | None = None) -> dict:
+    log = get_run_logger()
+    site = open_site(site_path)
+    sp = str(site.path)
+    started = time.monotonic()
+    run_id = current_run_id()
+    drill_id = new_id("drill")
+    items = [site.vault.item(m) for m in machines]
+    for item in items:
+        statelib.require_state(item, {ItemState.PROTECTED}, action="drill")
+    if pointlib.needs_final_cycle(point):
+        rt.final_cycles(sp, [i.name for i in items])
+    points = {i.name: rt.points_of(site, i.name) for i in items}
+    chosen = choose_points(site.cfg, items, points, point)
+    rg = f"drbook-{drill_id}"
+    record = DrillRecord(drill_id=drill_id, items=machines, point_ids={k: v.id for k, v in chosen.items()},
+                         resource_group=rg, report={"flow_run_id": run_id})
+    site.vault.put(drill_key(drill_id), record)
+    sizes = offered_sizes(site.azure, site.cfg.azure.location)
+    plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="drill", resource_group=rg, sizes=sizes,
+                          taken=set())
+    try:
+        with transaction():
+            t.ensure_resource_group(sp, rg, {TAG_RUN: run_id, "drbook-drill": drill_id})
+            rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started), plans)
+    except BaseException as exc:
+        leftovers = t.sweep_run(sp, run_id)
+        _delete_group(site, rg)
+        site.vault.update(drill_key(drill_id), DrillRecord,
+                          lambda r: r.model_copy(update={"status": "failed", "finished": utcnow(),
+                                                         "report": {**r.report, "error": str(exc), "swept": leftovers}}))
+        raise
+    finished = utcnow()
+    html = write_html(site.path.parent / "reports" / f"{drill_id}.html", kind="drill", run_label=drill_id, rows=rows,
+                      resource_group=rg, started=record.started.isoformat(), finished=finished.isoformat(), flow_run_id=run_id)
+    create_markdown_artifact(markdown("drill", drill_id, rows, rg), key=_artifact_key(drill_id), description="drill report")
+    create_table_artifact(table_rows(rows), key=f"{_artifact_key(drill_id)}-table", description="drill results per machine")
+    result = {
+        "drill_id": drill_id,
+        "flow_run_id": run_id,
+        "report": str(html),
+        "vms": [{"machine": r.machine, "resource_group": r.resource_group, "vm_name": r.vm_name, "disks": r.disks} for r in rows],
+        "results": [r.model_dump(mode="json") for r in rows],
+    }
+    site.vault.update(drill_key(drill_id), DrillRecord, lambda r: r.model_copy(update={
+        "status": "succeeded", "finished": finished, "report": {**r.report, **result}}))
+    log.info("drill %s: %d machines up and verified; report %s", drill_id, len(rows), html)
+    return result
+
+
+def _artifact_key(drill_id: str) -> str:
+    return drill_id.lower().replace("_", "-")
+
+
+def _delete_group(site, rg: str) -> None:
+    from drbook.adapters.azure import map_azure_errors
+    from drbook.errors import NotFoundError
+
+    try:
+        with map_azure_errors(f"delete resource group {rg}"):
+            site.azure.resource.resource_groups.begin_delete(rg).result()
+    except NotFoundError:
+        pass
+
+
+@flow(name="test-failover-cleanup", log_prints=True)
+def test_failover_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
+    site = open_site(site_path)
+    record = site.vault.get(drill_key(drill_id), DrillRecord)
+    run_id = record.report.get("flow_run_id", "")
+    deleted = t.sweep_run(str(site.path), run_id) if run_id else []
+    _delete_group(site, record.resource_group)
+    left = resources_of_run(site.azure, run_id) if run_id else []
+    if left:
+        raise DRError(f"cleanup of {drill_id} left {len(left)} resources: {', '.join(r.id for r in left)}")
+    site.vault.update(drill_key(drill_id), DrillRecord, lambda r: r.model_copy(update={"status": "cleaned-up"}))
+    return {"drill_id": drill_id, "deleted": deleted, "left": [], "resource_group_deleted": record.resource_group}
+

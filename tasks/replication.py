@@ -1,0 +1,68 @@
+"""Prefect tasks over the replication engine (drbook.replication)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from drbook.errors import ConnectError, RemoteExecError
+from drbook.models import RecoveryPoint
+from drbook.site import Site, open_site
+from tasks.policy import ONCE, REMOTE
+
+
+def points_of(site: Site, item: str) -> list[RecoveryPoint]:
+    """Recovery points of an item, newest first."""
+    points = site.vault.list(f"points/{item}/", RecoveryPoint)
+    return sorted(points, key=lambda p: p.time, reverse=True)
+
+
+@task(name="replicate-cycle", **REMOTE)
+def run_cycle(site_path: str, item: str, want: str = "crash") -> RecoveryPoint:
+    return open_site(site_path).engine.run_cycle(item, want=want)
+
+
+@task(name="replicate-group-cycle", **REMOTE)
+def run_group_cycle(site_path: str, group: str, items: list[str], want: str = "crash") -> list[RecoveryPoint]:
+    return open_site(site_path).engine.run_group_cycle(group, items, want=want)
+
+
+@task(name="final-cycle", **ONCE)
+def final_cycle(site_path: str, item: str) -> RecoveryPoint | None:
+    """The last cycle before a failover to `latest`; a source that does not answer is not an
+    error (an unplanned failover goes on with the newest point it has)."""
+    try:
+        return open_site(site_path).engine.run_cycle(item, want="crash")
+    except (ConnectError, RemoteExecError) as exc:
+        get_run_logger().warning("%s: no final cycle, the source does not answer (%s); using the newest point", item, exc)
+        return None
+
+
+def final_cycles(site_path: str, items: list[str]) -> list[RecoveryPoint | None]:
+    """Members of one replication group get one shared final point."""
+    site = open_site(site_path)
+    by_group: dict[str, list[str]] = {}
+    alone = []
+    for name in items:
+        group = site.vault.item(name).group
+        (by_group.setdefault(group, []) if group else alone).append(name)
+    results: list[RecoveryPoint | None] = [final_cycle(site_path, i) for i in alone]
+    for group, members in by_group.items():
+        if len(members) == 1:
+            results.append(final_cycle(site_path, members[0]))
+            continue
+        try:
+            results.extend(run_group_cycle(site_path, group, members))
+        except (ConnectError, RemoteExecError) as exc:
+            get_run_logger().warning("group %s: no final cycle (%s)", group, exc)
+    return results
+
+
+@task(name="delete-points-except", **ONCE)
+def delete_points_except(site_path: str, item: str, keep_id: str | None) -> list[str]:
+    from drbook.failover.commit import delete_point, points_to_drop
+
+    site = open_site(site_path)
+    dropped = points_to_drop(points_of(site, item), keep_id)
+    for p in dropped:
+        delete_point(site.vault, site.blob_service, p)
+    return [p.id for p in dropped]
