@@ -275,7 +275,7 @@ class Vault:
         finally:
             stop.set()
             if renewer.is_alive():
-                renewer.join()
+                renewer.join(timeout=duration_s)
             self._release(blob, client, lease)
 
     def _acquire(self, name: str, key: str, duration_s: int) -> BlobLeaseClient:
