@@ -265,7 +265,14 @@ class VSphereConnection:
                 log.info("VMware Tools not running in %s: powering off instead", vm_name)
                 self.power_off(vm_name, timeout)
                 return "powered-off"
-            vm.ShutdownGuest()
+            try:
+                vm.ShutdownGuest()
+            except vim.fault.InvalidPowerState:
+                return "already-off"  # it went down between our look and the request
+            except (vim.fault.ToolsUnavailable, vim.fault.GuestOperationsUnavailable):
+                log.info("VMware Tools of %s stopped answering: powering off instead", vm_name)
+                self.power_off(vm_name, timeout)
+                return "powered-off"
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if vm.runtime.powerState == vim.VirtualMachinePowerState.poweredOff:
