@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -74,6 +75,282 @@ def lab_workload(
     console.print(result)
 
 
+# -- running flows from the CLI ---------------------------------------------------------------
+SiteOpt = typer.Option(None, "--site", help="site config YAML (default: $DRBOOK_SITE, else the lab's)")
+
+
+def _site_path(site: Optional[Path]) -> str:
+    from drbook.config import default_site_path
+
+    path = site or default_site_path()
+    if not Path(path).exists():
+        from drbook.errors import ConfigError
+
+        raise ConfigError(f"{path}: no site config (bring the lab up with `drbook lab up`, or pass --site)")
+    return str(path)
+
+
+@app.command("discover")
+def discover_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Inventory of vCenter and the site's physical servers; says what changed."""
+    from drbook.discovery import Inventory, render_inventory
+    from flows.discover import discover_flow
+
+    result = discover_flow(site_path=_site_path(site))
+    if as_json:
+        emit_json(result)
+        return
+    out.print(render_inventory(Inventory.model_validate(result["inventory"])))
+    ch = result["changes"]
+    console.print(f"changes since last discovery: {len(ch['new'])} new, {len(ch['removed'])} removed, {len(ch['changed'])} changed")
+
+
+@app.command("push-mobility")
+def push_mobility_cmd(
+    machines: list[str] = typer.Argument(None),
+    all_machines: bool = typer.Option(False, "--all", help="every machine of the site"),
+    force: bool = typer.Option(False, help="reinstall even when the same version is there"),
+    as_json: bool = typer.Option(False, "--json"),
+    site: Optional[Path] = SiteOpt,
+) -> None:
+    """Install or upgrade the mobility agent on machines (SSH for Linux, WinRM for Windows)."""
+    from flows.push_mobility import push_mobility_flow
+
+    sp = _site_path(site)
+    names = _machines_or_all(sp, machines, all_machines)
+    rows = push_mobility_flow(names, force=force, site_path=sp)
+    if as_json:
+        emit_json(rows)
+        return
+    _table("mobility agent", rows, ["machine", "action", "version", "sha256", "seconds", "error"])
+    if any(r.get("error") for r in rows):
+        raise typer.Exit(1)
+
+
+def _machines_or_all(site_path: str, machines: list[str] | None, all_machines: bool) -> list[str]:
+    from drbook.config import load_site
+
+    cfg = load_site(Path(site_path))
+    if all_machines:
+        return [m.name for m in cfg.machines]
+    if not machines:
+        raise typer.BadParameter("name machines or pass --all")
+    for m in machines:
+        cfg.machine(m)
+    return machines
+
+
+@app.command("items")
+def items_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Protected items and their state."""
+    from drbook.site import open_site
+
+    items = open_site(_site_path(site)).vault.items()
+    rows = [
+        {"name": i.name, "state": i.state.value, "group": i.group, "policy": i.policy.name, "agent": i.agent_version,
+         "last_point": i.last_point_id, "last_point_time": i.last_point_time.isoformat() if i.last_point_time else None,
+         "rpo_breached": i.rpo_breached, "disks": len(i.disks)}
+        for i in items
+    ]
+    if as_json:
+        emit_json(rows)
+    else:
+        _table("protected items", rows, ["name", "state", "group", "agent", "last_point_time", "rpo_breached", "disks"])
+
+
+@app.command("protect")
+def protect_cmd(
+    machines: list[str],
+    policy: str = typer.Option("default", help="policy name from the site config"),
+    group: Optional[str] = typer.Option(None, help="replication group (members share recovery points)"),
+    site: Optional[Path] = SiteOpt,
+) -> None:
+    """Push the agent if needed, enable replication, run the initial copy."""
+    from flows.replication import enable_replication_flow
+
+    result = enable_replication_flow(machines, policy=policy, group=group, site_path=_site_path(site))
+    _table("protected", result, ["item", "state", "point", "consistency", "bytes_sent", "seconds"])
+
+
+@app.command("replicate")
+def replicate_cmd(
+    machines: list[str] = typer.Argument(None),
+    group: Optional[str] = typer.Option(None, help="one replication group"),
+    all_items: bool = typer.Option(False, "--all", help="every protected item"),
+    once: bool = typer.Option(True, "--once", help="run one cycle (the schedule lives in deployments/)"),
+    app_consistent: bool = typer.Option(False, "--app", help="an app-consistent cycle (quiesce hooks)"),
+    site: Optional[Path] = SiteOpt,
+) -> None:
+    """Run one replication cycle."""
+    from flows.replication import replicate_flow
+
+    result = replicate_flow(machines or [], group=group, all_items=all_items,
+                            want="app" if app_consistent else "crash", site_path=_site_path(site))
+    _table("replication cycle", result, ["item", "point", "consistency", "group", "blocks_changed", "bytes_sent", "resync", "seconds"])
+
+
+@app.command("points")
+def points_cmd(machine: str, as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Recovery points of a machine, newest first."""
+    from drbook.site import open_site
+    from tasks.replication import points_of
+
+    s = open_site(_site_path(site))
+    s.vault.item(machine)
+    points = [p.public() for p in points_of(s, machine)]
+    if as_json:
+        emit_json(points)
+        return
+    _table(f"recovery points of {machine}", [
+        {"id": p["id"], "time": p["time"], "consistency": p["consistency"], "group": p["group"],
+         "disks": ", ".join(f"{d['disk']} ({d['size_bytes'] // 2**20} MiB)" for d in p["disks"])} for p in points
+    ], ["id", "time", "consistency", "group", "disks"])
+
+
+@app.command("verify")
+def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Optional[Path] = SiteOpt) -> None:
+    """Re-read a point's snapshots and check every block against its manifest."""
+    from flows.replication import verify_point_flow
+
+    report = verify_point_flow(machine, point, site_path=_site_path(site))
+    out.print(report)
+    if not report.get("ok"):
+        raise typer.Exit(7)
+
+
+@app.command("retention")
+def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say what would be purged"),
+                  site: Optional[Path] = SiteOpt) -> None:
+    """Purge recovery points the policy no longer keeps."""
+    from flows.replication import retention_flow
+
+    for r in retention_flow(dry_run=dry_run, site_path=_site_path(site)):
+        for line in r["actions"]:
+            out.print(line)
+
+
+@app.command("prepare-azure")
+def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool = typer.Option(False, "--json"),
+                      site: Optional[Path] = SiteOpt) -> None:
+    """Create the recovery site (idempotent); --dry-run lists what it would create."""
+    from flows.prepare_azure import prepare_azure_flow
+
+    result = prepare_azure_flow(dry_run=dry_run, site_path=_site_path(site))
+    if as_json:
+        emit_json(result)
+        return
+    verb = {"create": "Would create" if dry_run else "Created", "update": "Would update" if dry_run else "Updated",
+            "unchanged": "Unchanged"}
+    for s in result["steps"]:
+        out.print(f"{verb[s['action']]}: {s['kind']} {s['name']} {s['detail']}".rstrip())
+    if not result["changed"]:
+        out.print("Nothing to change: the recovery site is as configured.")
+
+
+@app.command("test-failover")
+def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-processed", "--point"),
+                      as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Drill: bring machines up from a point in the isolated test network, verify, report."""
+    from flows.test_failover import test_failover_flow
+
+    result = test_failover_flow(machines, point=point, site_path=_site_path(site))
+    if as_json:
+        emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"]})
+        return
+    _result_table(f"drill {result['drill_id']}", result["results"])
+    console.print(f"report: {result['report']}")
+
+
+@app.command("test-failover-cleanup")
+def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt) -> None:
+    """Delete everything a drill made, and prove nothing is left."""
+    from flows.test_failover import test_failover_cleanup_flow
+
+    result = test_failover_cleanup_flow(drill_id, site_path=_site_path(site))
+    out.print(f"{drill_id}: deleted {len(result['deleted'])} resources and resource group "
+              f"{result['resource_group_deleted']}; nothing tagged with the drill is left")
+
+
+@app.command("failover")
+def failover_cmd(machines: list[str], point: str = typer.Option("latest", "--point"),
+                 planned: bool = typer.Option(False, "--planned", help="shut the source down first: zero data loss"),
+                 approval_timeout: int = typer.Option(3600, help="seconds to wait for approval"),
+                 as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Fail over to Azure, after a human approves (`drbook approve RUN_ID` or the Prefect UI)."""
+    from flows.failover import failover_flow
+
+    console.print("waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
+    result = failover_flow(machines, point=point, planned=planned, approval_timeout=approval_timeout,
+                           site_path=_site_path(site))
+    if as_json:
+        emit_json({"run_id": result["run_id"], "vms": result["vms"], "report": result["report"]})
+        return
+    _result_table(f"failover {result['run_id']}", result["results"])
+
+
+@app.command("approvals")
+def approvals_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Flow runs waiting for a human's approval."""
+    from drbook.approvals import waiting_approvals
+
+    rows = waiting_approvals()
+    if as_json:
+        emit_json(rows)
+    else:
+        _table("waiting for approval", rows, ["run_id", "flow", "name", "machines", "planned", "since"])
+
+
+@app.command("approve")
+def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
+                comment: str = typer.Option("", "--comment"), approver: Optional[str] = typer.Option(None),
+                point: Optional[str] = typer.Option(None, "--point", help="change the recovery point choice")) -> None:
+    """Answer a waiting approval (approve, or --reject)."""
+    from drbook.approvals import answer
+
+    answer(run_id, approve=not reject, comment=comment, approver=approver, point=point)
+    console.print(f"{'rejected' if reject else 'approved'}: {run_id}")
+
+
+@app.command("commit")
+def commit_cmd(machines: list[str], site: Optional[Path] = SiteOpt) -> None:
+    """End a failover: delete the other recovery points; state committed."""
+    from flows.failover import commit_flow
+
+    for item, r in commit_flow(machines, site_path=_site_path(site)).items():
+        out.print(f"{item}: committed (kept point {r['kept_point']}, deleted {len(r['deleted_points'])} others)")
+
+
+@app.command("reconcile")
+def reconcile_cmd(dry_run: bool = typer.Option(False, "--dry-run"), site: Optional[Path] = SiteOpt) -> None:
+    """Remove what crashed runs left in Azure (found by their tags)."""
+    from flows.reconcile import reconcile_flow
+
+    r = reconcile_flow(dry_run=dry_run, site_path=_site_path(site))
+    verb = "would remove" if dry_run else "removed"
+    for rid, ids in r["removed"].items():
+        out.print(f"run {rid}: {verb} {len(ids)} resources")
+    if not r["orphan_runs"]:
+        out.print(f"nothing left behind ({r['runs_seen']} runs with resources, all live or completed)")
+
+
+def _table(title: str, rows: list[dict], columns: list[str]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    out.print(table)
+
+
+def _result_table(title: str, results: list[dict]) -> None:
+    _table(title, [
+        {"machine": r["machine"], "vm": r["vm_name"], "ip": r["ip"], "point": r["point_id"],
+         "consistency": r["consistency"], "RPO": f"{r['rpo_seconds']:.1f} s", "RTO": f"{r['rto_seconds']:.1f} s",
+         "verified": f"{'yes' if r['verified'] else 'NO'} ({r['bytes_verified'] / 2**20:.0f} MiB)"}
+        for r in results
+    ], ["machine", "vm", "ip", "point", "consistency", "RPO", "RTO", "verified"])
+
+
 def _print_lab(status: dict) -> None:
     table = Table(title=f"drbook lab ({status['lab_dir']})")
     table.add_column("service")
@@ -91,12 +368,37 @@ def _print_lab(status: dict) -> None:
     out.print(table)
 
 
+def _use_lab_prefect() -> None:
+    """When the lab is up and no Prefect API is configured, talk to the lab's server."""
+    import os
+
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from lab.control import Lab
+
+    lab = Lab()
+    if lab.managed("prefect").running():
+        os.environ["PREFECT_API_URL"] = lab.prefect_api_url
+
+
 def main() -> None:
+    _use_lab_prefect()
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
     try:
-        app()
+        # Short CLI runs do not need heartbeats (1 s per run joining the thread; DESIGN.md §6).
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            app(standalone_mode=False)
     except DRError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Human approvals of paused runs (failover, failback): list what waits, answer one.
+
+Prefect 3.8.8 has no `prefect flow-run resume`; this is drbook's. An answer that the run's
+form refuses (validation) leaves the run paused, and the error says why.
+"""
+
+from __future__ import annotations
+
+import getpass
+from uuid import UUID
+
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.flow_runs import resume_flow_run
+
+from drbook.errors import DRError, NotFoundError
+
+
+def waiting_approvals() -> list[dict]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+        )
+        flows = {}
+        rows = []
+        for r in runs:
+            if r.flow_id not in flows:
+                flows[r.flow_id] = client.read_flow(r.flow_id).name
+            params = r.parameters or {}
+            rows.append({
+                "run_id": str(r.id),
+                "flow": flows[r.flow_id],
+                "name": r.name,
+                "machines": ", ".join(params.get("machines") or []),
+                "planned": params.get("planned"),
+                "point": params.get("point"),
+                "since": r.state.timestamp.isoformat() if r.state and r.state.timestamp else None,
+            })
+    return rows
+
+
+def answer(run_id: str, *, approve: bool, comment: str = "", approver: str | None = None, point: str | None = None) -> None:
+    try:
+        rid = UUID(run_id)
+    except ValueError:
+        raise DRError(f"{run_id!r} is not a flow run id (see `drbook approvals`)") from None
+    with get_client(sync_client=True) as client:
+        try:
+            run = client.read_flow_run(rid)
+        except Exception:
+            raise NotFoundError(f"no flow run {run_id}") from None
+    if run.state_type != StateType.PAUSED:
+        raise DRError(f"flow run {run_id} is not waiting for approval (it is {run.state_name})")
+    answer_input: dict = {"approve": approve, "approver": approver or getpass.getuser(), "comment": comment}
+    if point:
+        answer_input["point"] = point
+    try:
+        resume_flow_run(rid, run_input=answer_input)
+    except RuntimeError as exc:
+        raise DRError(f"the run refused the answer and stays paused: {exc}") from None
