@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -34,7 +35,7 @@ from lab.vcenter import populate, simulator  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 
 
-def timed_retrieve(conn) -> tuple[list[float], callable]:
+def timed_retrieve(conn) -> tuple[list[float], Callable[[], None]]:
     """Time every RetrievePropertiesEx SOAP call (request, server, and pyVmomi's parsing)."""
     stub = conn.service_instance._stub
     original = stub.InvokeMethod
