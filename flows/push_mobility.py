@@ -1,0 +1,42 @@
+"""push-mobility: install or upgrade the agent on many machines at once, verify it, and
+register it in the vault (only after a verified install)."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from drbook.errors import DRError
+from drbook.site import open_site
+from tasks.policy import REMOTE
+
+
+@task(name="push-agent", **REMOTE)
+def push_one(site_path: str, machine: str, force: bool = False) -> dict:
+    from drbook.mobility import push_agent, register
+
+    site = open_site(site_path)
+    cfg = site.machine(machine)
+    shell = site.shell_for(cfg)
+    try:
+        result = push_agent(shell, cfg, force=force)
+    finally:
+        shell.close()
+    register(site.vault, cfg, result)
+    return result.model_dump(mode="json")
+
+
+@flow(name="push-mobility", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
+def push_mobility_flow(machines: list[str], force: bool = False, site_path: str | None = None) -> list[dict]:
+    site = open_site(site_path)
+    sp = str(site.path)
+    futures = {m: push_one.submit(sp, m, force) for m in machines}
+    rows = []
+    for machine, fut in futures.items():
+        try:
+            rows.append(fut.result())
+        except DRError as exc:
+            rows.append({"machine": machine, "action": "failed", "error": str(exc)})
+    create_table_artifact(rows, key="push-mobility", description="mobility agent per machine")
+    return rows
