@@ -1,0 +1,511 @@
+"""Pushing the mobility agent: preflight, decide, upload, install, verify, register.
+
+The decisions are pure functions (`preflight_problems`, `decide_action`, `is_transient`);
+the steps run through a RemoteShell (SSH for Linux, WinRM for Windows), so the Prefect
+tasks around them stay thin. Every script that runs on a machine is rendered here or from
+templates/ and starts with a `# drbook:<kind>` line, so an audit trail (or the lab's WinRM
+responder) can tell what it is.
+
+An install is registered in the vault only after it was verified: a failed push leaves
+the vault as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ntpath
+import posixpath
+import re
+import shlex
+import time
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Literal
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pydantic import BaseModel
+
+from drbook.adapters.shell import CommandResult, RemoteShell
+from drbook.config import MachineConfig
+from drbook.errors import (
+    AuthenticationError,
+    CommandFailed,
+    ConfigError,
+    ConflictError,
+    ConnectError,
+    HostKeyError,
+    PreflightError,
+    RemoteExecError,
+    VerificationError,
+)
+from drbook.models import AuditEntry, ProtectedItem, utcnow
+
+# From this file, not drbook.__file__: an editable install made before drbook/__init__.py
+# existed imports drbook as a namespace package, whose __file__ is None.
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+DEFAULT_AGENT = Path(__file__).resolve().parent / "agent" / "agent.py"
+MIN_PYTHON = (3, 6)
+MIN_FREE_KB = 16 * 1024  # the agent is a few dozen KB; this leaves room for a staging copy and logs
+WINDOWS_AGENT_DIR = r"C:\Program Files\drbook"
+LINUX_DEFAULT_AGENT_DIR = "/opt/drbook"
+SCRIPT_TIMEOUT = 120.0
+
+PushAction = Literal["installed", "upgraded", "unchanged"]
+
+
+class DiskCheck(BaseModel):
+    name: str
+    path: str
+    exists: bool
+    readable: bool
+
+
+class PreflightReport(BaseModel):
+    machine: str
+    os: Literal["linux", "windows"]
+    python: str | None  # the version found, None when the interpreter is missing
+    python_command: str
+    disks: list[DiskCheck]
+    free_kb: int | None
+    free_path: str | None
+    problems: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class InstalledAgent(BaseModel):
+    """What is on the machine now, as read back from it."""
+
+    present: bool
+    version: str | None = None  # the VERSION file the install recorded
+    sha256_recorded: str | None = None  # the SHA256 file the install recorded
+    sha256_actual: str | None = None  # the hash of agent.py as it is now
+
+
+class PushResult(BaseModel):
+    machine: str
+    action: PushAction
+    version: str
+    sha256: str
+    seconds: float
+    previous_version: str | None = None
+
+
+# -- the agent file ------------------------------------------------------------------------
+
+_VERSION_RE = re.compile(r"""^AGENT_VERSION\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+def agent_version_of(path: Path) -> str:
+    """The AGENT_VERSION an agent file declares (read, never executed)."""
+    match = _VERSION_RE.search(Path(path).read_text(encoding="utf-8", errors="replace"))
+    if not match:
+        raise ConfigError(f"{path}: no AGENT_VERSION = '...' line; is this the drbook agent?")
+    return match.group(1)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- per-OS paths and scripts ----------------------------------------------------------------
+
+
+def _ps_quote(value: str) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+    env.filters["sh"] = lambda v: shlex.quote(str(v))
+    env.filters["ps"] = _ps_quote
+    return env
+
+
+def agent_dir(machine: MachineConfig) -> str:
+    # The config's default agent_dir is the Linux one; a Windows machine that did not set
+    # its own gets the Windows default.
+    if machine.os == "windows" and machine.agent_dir == LINUX_DEFAULT_AGENT_DIR:
+        return WINDOWS_AGENT_DIR
+    return machine.agent_dir
+
+
+def python_command(machine: MachineConfig) -> str:
+    # Windows installers ship python.exe (and py.exe), not python3.exe.
+    if machine.os == "windows" and machine.python == "python3":
+        return "python"
+    return machine.python
+
+
+def _join(machine: MachineConfig, *parts: str) -> str:
+    return (ntpath if machine.os == "windows" else posixpath).join(agent_dir(machine), *parts)
+
+
+def agent_path(machine: MachineConfig) -> str:
+    return _join(machine, "agent.py")
+
+
+def staging_path(machine: MachineConfig, sha256: str) -> str:
+    # Staged beside agent.py, so the final rename stays within one filesystem (atomic).
+    return _join(machine, f".agent.py.{sha256[:16]}.staged")
+
+
+def render_install_script(machine: MachineConfig, version: str, sha256: str) -> str:
+    template = "install.ps1.j2" if machine.os == "windows" else "install.sh.j2"
+    return _environment().get_template(template).render(
+        machine=machine.name,
+        agent_dir=agent_dir(machine),
+        staging=staging_path(machine, sha256),
+        version=version,
+        sha256=sha256,
+    )
+
+
+def _parents(machine: MachineConfig) -> list[str]:
+    """agent_dir and its ancestors: free space is measured on the nearest one that exists."""
+    if machine.os == "windows":
+        p = PureWindowsPath(agent_dir(machine))
+    else:
+        p = PurePosixPath(agent_dir(machine))
+    return [str(p), *(str(q) for q in p.parents)]
+
+
+def _preflight_script(machine: MachineConfig) -> str:
+    py = python_command(machine)
+    if machine.os == "windows":
+        disks = ", ".join(_ps_quote(d.path) for d in machine.disks) or ""
+        parents = ", ".join(_ps_quote(p) for p in _parents(machine))
+        return f"""# drbook:preflight machine={machine.name}
+$py = {_ps_quote(py)}
+if (Get-Command $py -ErrorAction SilentlyContinue) {{
+    $v = & $py -c "import sys; print('%d.%d.%d' % tuple(sys.version_info[:3]))" 2>$null
+    if ($LASTEXITCODE -eq 0) {{ Write-Output "python=$v" }} else {{ Write-Output "python=broken" }}
+}} else {{ Write-Output "python=" }}
+foreach ($d in @({disks})) {{
+    try {{ $f = [System.IO.File]::Open($d, 'Open', 'Read', 'ReadWrite'); $f.Close(); Write-Output "disk_ok=$d" }}
+    catch [System.IO.FileNotFoundException] {{ Write-Output "disk_missing=$d" }}
+    catch {{ Write-Output "disk_unreadable=$d" }}
+}}
+foreach ($p in @({parents})) {{
+    if (Test-Path -LiteralPath $p -PathType Container) {{
+        $drive = New-Object System.IO.DriveInfo ([System.IO.Path]::GetPathRoot($p))
+        Write-Output "space_dir=$p"
+        Write-Output ("free_kb=" + [int64]($drive.AvailableFreeSpace / 1024))
+        break
+    }}
+}}
+"""
+    q = shlex.quote
+    disks = " ".join(q(d.path) for d in machine.disks)
+    parents = " ".join(q(p) for p in _parents(machine))
+    return f"""# drbook:preflight machine={machine.name}
+py={q(py)}
+if command -v "$py" >/dev/null 2>&1; then
+  v=$("$py" -c 'import sys; print("%d.%d.%d" % tuple(sys.version_info[:3]))' 2>/dev/null) || v=broken
+  echo "python=$v"
+else
+  echo "python="
+fi
+for d in {disks}; do
+  if [ ! -e "$d" ]; then echo "disk_missing=$d"; elif [ -r "$d" ]; then echo "disk_ok=$d"; else echo "disk_unreadable=$d"; fi
+done
+for p in {parents}; do
+  if [ -d "$p" ]; then
+    echo "space_dir=$p"
+    df -Pk "$p" | {{ read -r _; read -r _ _ _ avail _; echo "free_kb=$avail"; }}
+    break
+  fi
+done
+"""
+
+
+def _status_script(machine: MachineConfig) -> str:
+    if machine.os == "windows":
+        d = _ps_quote(agent_dir(machine))
+        return f"""# drbook:status machine={machine.name}
+$dir = {d}
+$agent = Join-Path $dir 'agent.py'
+if (Test-Path -LiteralPath $agent -PathType Leaf) {{
+    Write-Output "agent=yes"
+    foreach ($n in 'VERSION', 'SHA256') {{
+        $f = Join-Path $dir $n
+        if (Test-Path -LiteralPath $f) {{ Write-Output ($n.ToLower() + "=" + ([System.IO.File]::ReadAllText($f).Trim())) }}
+    }}
+    Write-Output ("sha256_actual=" + (Get-FileHash -Algorithm SHA256 -LiteralPath $agent).Hash.ToLowerInvariant())
+}} else {{ Write-Output "agent=no" }}
+"""
+    return f"""# drbook:status machine={machine.name}
+dir={shlex.quote(agent_dir(machine))}
+if [ -f "$dir/agent.py" ]; then
+  echo "agent=yes"
+  if [ -f "$dir/VERSION" ]; then echo "version=$(cat "$dir/VERSION")"; fi
+  if [ -f "$dir/SHA256" ]; then echo "sha256=$(cat "$dir/SHA256")"; fi
+  set -- $(sha256sum "$dir/agent.py")
+  echo "sha256_actual=$1"
+else
+  echo "agent=no"
+fi
+"""
+
+
+def _version_script(machine: MachineConfig) -> str:
+    if machine.os == "windows":
+        return (
+            f"# drbook:agent-version machine={machine.name}\n"
+            f"& {_ps_quote(python_command(machine))} {_ps_quote(agent_path(machine))} --version\n"
+            "exit $LASTEXITCODE\n"
+        )
+    return (
+        f"# drbook:agent-version machine={machine.name}\n"
+        f"exec {shlex.quote(python_command(machine))} {shlex.quote(agent_path(machine))} --version\n"
+    )
+
+
+def run_script(shell: RemoteShell, machine: MachineConfig, script: str, *, timeout: float = SCRIPT_TIMEOUT) -> CommandResult:
+    """Run a rendered script: POSIX sh reading it on stdin (no quoting of the script itself),
+    or PowerShell over WinRM (WinRmShell.run runs PowerShell)."""
+    if machine.os == "windows":
+        return shell.run(script, timeout=timeout)
+    return shell.run("sh -s", timeout=timeout, stdin=script.encode())
+
+
+def _key_values(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            found.setdefault(key, []).append(value.strip())
+    return found
+
+
+def _first(kv: dict[str, list[str]], key: str) -> str | None:
+    values = kv.get(key)
+    return values[0] if values else None
+
+
+def _checked(result: CommandResult, machine: MachineConfig, what: str) -> CommandResult:
+    if result.exit_status != 0:
+        detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
+        raise CommandFailed(
+            f"{machine.name}: {what} failed (exit {result.exit_status}): {detail}",
+            exit_status=result.exit_status,
+            stderr=result.stderr,
+        )
+    return result
+
+
+# -- preflight -----------------------------------------------------------------------------
+
+
+def _parse_version(text: str | None) -> tuple[int, ...] | None:
+    if not text or not re.fullmatch(r"\d+(\.\d+)*", text):
+        return None
+    return tuple(int(p) for p in text.split("."))
+
+
+def preflight_problems(report: PreflightReport, machine: MachineConfig) -> list[str]:
+    """What stops the agent from working on this machine (empty = good to go)."""
+    name, py = machine.name, report.python_command
+    need = ".".join(map(str, MIN_PYTHON))
+    problems: list[str] = []
+    version = _parse_version(report.python)
+    if report.python is None:
+        problems.append(f"{name}: {py} not found on the machine; the agent needs Python >= {need}")
+    elif version is None:
+        problems.append(f"{name}: {py} is on the machine but did not report its version ({report.python!r}); the agent needs Python >= {need}")
+    elif version < MIN_PYTHON:
+        problems.append(f"{name}: {py} is Python {report.python}; the agent needs Python >= {need}")
+    for disk in report.disks:
+        if not disk.exists:
+            problems.append(f"{name}: disk {disk.name} ({disk.path}) does not exist")
+        elif not disk.readable:
+            problems.append(f"{name}: disk {disk.name} ({disk.path}) is not readable by {machine.user}")
+    if report.free_kb is None:
+        problems.append(f"{name}: could not measure free space for {agent_dir(machine)}")
+    elif report.free_kb < MIN_FREE_KB:
+        problems.append(
+            f"{name}: only {report.free_kb} KiB free in {report.free_path}; the agent needs at least {MIN_FREE_KB} KiB"
+        )
+    return problems
+
+
+def inspect(shell: RemoteShell, machine: MachineConfig) -> PreflightReport:
+    """Gather the facts preflight decides on (changes nothing on the machine)."""
+    result = _checked(run_script(shell, machine, _preflight_script(machine), timeout=60), machine, "preflight")
+    kv = _key_values(result.stdout)
+    python = _first(kv, "python") or None
+    ok, missing = set(kv.get("disk_ok", [])), set(kv.get("disk_missing", []))
+    disks = [
+        DiskCheck(name=d.name, path=d.path, exists=d.path not in missing, readable=d.path in ok) for d in machine.disks
+    ]
+    free = _first(kv, "free_kb")
+    report = PreflightReport(
+        machine=machine.name,
+        os=machine.os,
+        python=python,
+        python_command=python_command(machine),
+        disks=disks,
+        free_kb=int(free) if free and free.isdigit() else None,
+        free_path=_first(kv, "space_dir"),
+    )
+    report.problems = preflight_problems(report, machine)
+    return report
+
+
+def preflight(shell: RemoteShell, machine: MachineConfig) -> PreflightReport:
+    """Check the machine can run the agent; PreflightError (nothing touched) if not."""
+    report = inspect(shell, machine)
+    if report.problems:
+        raise PreflightError("; ".join(report.problems))
+    return report
+
+
+# -- what is installed ---------------------------------------------------------------------
+
+
+def installed_agent(shell: RemoteShell, machine: MachineConfig) -> InstalledAgent:
+    result = _checked(run_script(shell, machine, _status_script(machine), timeout=60), machine, "reading the installed agent")
+    kv = _key_values(result.stdout)
+    if _first(kv, "agent") != "yes":
+        return InstalledAgent(present=False)
+    return InstalledAgent(
+        present=True,
+        version=_first(kv, "version") or None,
+        sha256_recorded=_first(kv, "sha256") or None,
+        sha256_actual=_first(kv, "sha256_actual") or None,
+    )
+
+
+def installed_version(shell: RemoteShell, machine: MachineConfig) -> str | None:
+    """The agent version the last install recorded on the machine, None if no agent is there."""
+    found = installed_agent(shell, machine)
+    return found.version if found.present else None
+
+
+def decide_action(current: InstalledAgent, version: str, sha256: str, *, force: bool = False) -> PushAction:
+    """unchanged only when the machine holds exactly this file, as recorded by our install."""
+    if not current.present:
+        return "installed"
+    same = current.version == version and current.sha256_recorded == sha256 and current.sha256_actual == sha256
+    if same and not force:
+        return "unchanged"
+    return "upgraded"
+
+
+def verify_install(shell: RemoteShell, machine: MachineConfig, version: str, sha256: str) -> None:
+    """The agent answers the version pushed, and the file on disk is the file we sent."""
+    answer = _checked(run_script(shell, machine, _version_script(machine), timeout=60), machine, "agent.py --version")
+    reported = answer.stdout.strip()
+    if reported != version:
+        raise VerificationError(
+            f"{machine.name}: the installed agent reports version {reported!r}, but {version!r} was pushed"
+        )
+    current = installed_agent(shell, machine)
+    if current.sha256_actual != sha256:
+        raise VerificationError(
+            f"{machine.name}: agent.py on the machine has sha256 {current.sha256_actual}, but {sha256} was pushed"
+        )
+    if current.sha256_recorded != sha256 or current.version != version:
+        raise VerificationError(
+            f"{machine.name}: the install recorded version {current.version!r} sha256 {current.sha256_recorded}, "
+            f"expected {version!r} {sha256}"
+        )
+
+
+# -- the push ------------------------------------------------------------------------------
+
+
+def _prepare_dir(shell: RemoteShell, machine: MachineConfig) -> None:
+    if machine.os == "windows":
+        return  # WinRmShell.put_file creates the parent directory itself
+    d = shlex.quote(agent_dir(machine))
+    _checked(shell.run(f"mkdir -p {d} && chmod 0755 {d}", timeout=60), machine, f"creating {agent_dir(machine)}")
+
+
+def push_agent(
+    shell: RemoteShell, machine: MachineConfig, *, agent_path: Path | None = None, force: bool = False
+) -> PushResult:
+    """Preflight, then install or upgrade the agent unless the same file is already there.
+
+    Raises PreflightError (nothing touched), RemoteExecError subclasses (connection, auth,
+    a failing install script as CommandFailed) or VerificationError (installed, but not what
+    we pushed). Only a returned PushResult means a verified agent is on the machine."""
+    started = time.monotonic()
+    local = Path(agent_path or DEFAULT_AGENT)
+    version, sha256 = agent_version_of(local), file_sha256(local)
+    preflight(shell, machine)
+    current = installed_agent(shell, machine)
+    action = decide_action(current, version, sha256, force=force)
+    if action != "unchanged":
+        _prepare_dir(shell, machine)
+        shell.put_file(str(local), staging_path(machine, sha256), 0o600)
+        script = render_install_script(machine, version, sha256)
+        _checked(run_script(shell, machine, script), machine, "the agent install script")
+    verify_install(shell, machine, version, sha256)
+    return PushResult(
+        machine=machine.name,
+        action=action,
+        version=version,
+        sha256=sha256,
+        seconds=round(time.monotonic() - started, 3),
+        previous_version=current.version if current.present else None,
+    )
+
+
+def register(vault, machine: MachineConfig, result: PushResult, *, flow_run_id: str | None = None) -> ProtectedItem:  # noqa: ANN001
+    """Record the verified agent on the machine's protected item (created `unprotected` if
+    missing), plus an audit entry. Call it only with the result of a successful push."""
+    name = machine.name
+
+    def apply(item: ProtectedItem) -> None:
+        item.agent_version = result.version
+        item.agent_sha256 = result.sha256
+        item.updated = utcnow()
+
+    item = vault.find_item(name)
+    if item is None:
+        item = ProtectedItem(
+            name=name, machine=name, vm_name=machine.vm_name, os=machine.os,
+            agent_version=result.version, agent_sha256=result.sha256,
+        )
+        try:
+            vault.save_item(item)
+        except ConflictError:  # another writer created it meanwhile: update that one instead
+            item = vault.update(f"items/{name}.json", ProtectedItem, apply)
+    else:
+        item = vault.update(f"items/{name}.json", ProtectedItem, apply)
+    vault.audit(
+        AuditEntry(
+            actor=getattr(vault, "actor", "drbook"),
+            item=name,
+            action="agent-registered",
+            flow_run_id=flow_run_id,
+            detail={"push": result.action, "version": result.version, "sha256": result.sha256},
+        )
+    )
+    return item
+
+
+# -- retry policy --------------------------------------------------------------------------
+
+
+def is_transient(exc: BaseException) -> bool:
+    """For the push task's retry_condition_fn: only a lost/refused connection or a timeout
+    may go away by itself. A wrong host key, rejected credentials or a failed preflight never do."""
+    if isinstance(exc, (HostKeyError, AuthenticationError, PreflightError, VerificationError)):
+        return False
+    if isinstance(exc, ConnectError):
+        return True
+    if isinstance(exc, RemoteExecError):
+        return bool(exc.retryable)  # command timeouts are retryable RemoteExecErrors
+    return isinstance(exc, TimeoutError)
