@@ -255,7 +255,8 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
 
     result = test_failover_flow(machines, point=point, site_path=_site_path(site))
     if as_json:
-        emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"]})
+        emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"],
+                   "results": result["results"]})
         return
     _result_table(f"drill {result['drill_id']}", result["results"])
     console.print(f"report: {result['report']}")
@@ -283,7 +284,8 @@ def failover_cmd(machines: list[str], point: str = typer.Option("latest", "--poi
     result = failover_flow(machines, point=point, planned=planned, approval_timeout=approval_timeout,
                            site_path=_site_path(site))
     if as_json:
-        emit_json({"run_id": result["run_id"], "vms": result["vms"], "report": result["report"]})
+        emit_json({"run_id": result["run_id"], "vms": result["vms"], "report": result["report"],
+                   "results": result["results"]})
         return
     _result_table(f"failover {result['run_id']}", result["results"])
 
