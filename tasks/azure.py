@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.transactions import get_transaction
 
+from drbook.errors import VerificationError
 from drbook.failover import build
 from drbook.failover.build import DiskVerification, MachinePlan
 from drbook.site import open_site
@@ -38,7 +39,9 @@ def _remove_disk(txn) -> None:
 def verify_disk(site_path: str, plan: MachinePlan, disk: str) -> DiskVerification:
     site = open_site(site_path)
     d = next(x for x in plan.disks if x.disk == disk)
-    manifest = site.engine.load_manifest(plan.item, plan.point_id, disk)
+    manifest = site.engine.points.manifest(plan.item, plan.point_id, disk)
+    if manifest is None:
+        raise VerificationError(f"{plan.machine}: the manifest of point {plan.point_id} disk {disk} is missing")
     return build.verify_disk(site.cfg, site.azure, plan, d, manifest)
 
 

@@ -59,10 +59,13 @@ def final_cycles(site_path: str, items: list[str]) -> list[RecoveryPoint | None]
 
 @task(name="delete-points-except", **ONCE)
 def delete_points_except(site_path: str, item: str, keep_id: str | None) -> list[str]:
-    from drbook.failover.commit import delete_point, points_to_drop
+    """Commit: every point but the one failed over to goes (document, manifests, snapshots)."""
+    from drbook.replication.blobs import Replicas
 
     site = open_site(site_path)
-    dropped = points_to_drop(points_of(site, item), keep_id)
+    dropped = [p for p in points_of(site, item) if p.id != keep_id]
     for p in dropped:
-        delete_point(site.vault, site.blob_service, p)
+        site.engine.points.delete(item, p.id)
+        for d in p.disks:
+            Replicas(site.blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
     return [p.id for p in dropped]
