@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -77,6 +78,22 @@ def lab_workload(
 
 # -- running flows from the CLI ---------------------------------------------------------------
 SiteOpt = typer.Option(None, "--site", help="site config YAML (default: $DRBOOK_SITE, else the lab's)")
+
+
+@contextmanager
+def _bars():
+    """A rich progress bar for long work (initial copy, cycles, verification)."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from drbook.progress import cli_progress
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as bar:
+        token = cli_progress.set(bar)
+        try:
+            yield
+        finally:
+            cli_progress.reset(token)
 
 
 def _site_path(site: Optional[Path]) -> str:
@@ -168,7 +185,8 @@ def protect_cmd(
     """Push the agent if needed, enable replication, run the initial copy."""
     from flows.replication import enable_replication_flow
 
-    result = enable_replication_flow(machines, policy=policy, group=group, site_path=_site_path(site))
+    with _bars():
+        result = enable_replication_flow(machines, policy=policy, group=group, site_path=_site_path(site))
     _table("protected", result, ["item", "state", "point", "consistency", "bytes_sent", "seconds"])
 
 
@@ -184,8 +202,9 @@ def replicate_cmd(
     """Run one replication cycle."""
     from flows.replication import replicate_flow
 
-    result = replicate_flow(machines or [], group=group, all_items=all_items,
-                            want="app" if app_consistent else "crash", site_path=_site_path(site))
+    with _bars():
+        result = replicate_flow(machines or [], group=group, all_items=all_items,
+                                want="app" if app_consistent else "crash", site_path=_site_path(site))
     _table("replication cycle", result, ["item", "point", "consistency", "group", "blocks_changed", "bytes_sent", "resync", "seconds"])
 
 
@@ -212,7 +231,8 @@ def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Op
     """Re-read a point's snapshots and check every block against its manifest."""
     from flows.replication import verify_point_flow
 
-    report = verify_point_flow(machine, point, site_path=_site_path(site))
+    with _bars():
+        report = verify_point_flow(machine, point, site_path=_site_path(site))
     out.print(report)
     if not report.get("ok"):
         raise typer.Exit(7)
