@@ -299,15 +299,14 @@ class Hasher(object):
         sbs, shl = self.sbs, self.shl
         return b"".join(hashlib.sha256(data[i:i + sbs]).digest()[:shl] for i in range(0, len(data), sbs)).ljust(self.nsub * shl, b"\0")
 
-    def scan(self, view, first_index, block_map, sub_map):
-        """Blocks of `view` (starting at block `first_index`) that differ from the maps:
+    def scan(self, view, start, stop, first_index, block_map, sub_map):
+        """Blocks in view[start:stop] (view starts at block `first_index`) that differ from the maps:
         a list of (kind, index, offset in view, length, digest, sub_hashes or None, mask)
         with kind BLOCK, ZERO or SUBS."""
         bs, sha = self.bs, hashlib.sha256
         out = []
-        n = len(view)
-        for off in range(0, n, bs):
-            data = view[off:off + bs]
+        for off in range(start, stop, bs):
+            data = view[off:min(off + bs, stop)]
             digest = sha(data).digest()
             index = first_index + off // bs
             length = len(data)
@@ -364,7 +363,7 @@ class Scanner(object):
             lo, hi = t * per, min(nblocks, (t + 1) * per)
             if lo >= hi:
                 break
-            futures.append(self.pool.submit(self.hasher.scan, view[lo * bs:hi * bs], first_index + lo, block_map, sub_map))
+            futures.append(self.pool.submit(self.hasher.scan, view, lo * bs, min(hi * bs, len(view)), first_index, block_map, sub_map))
         return futures
 
     def scan_disk(self, index, spec, block_map, sub_map):

@@ -1,0 +1,35 @@
+"""Prefect events for replication: an RPO breach and its recovery, for automations and
+notifications to act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drbook.replication.rpo import RpoDecision
+
+BREACHED = "drbook.rpo.breached"
+RECOVERED = "drbook.rpo.recovered"
+
+
+def item_resource(item: str) -> dict[str, str]:
+    return {"prefect.resource.id": f"drbook.item.{item}", "prefect.resource.name": item}
+
+
+def emit_rpo_event(decision: RpoDecision) -> Any:
+    """Emit drbook.rpo.breached / drbook.rpo.recovered for a decision that changed; return
+    the Event (None when nothing changed or no events client is configured)."""
+    if decision.status == "unchanged":
+        return None
+    from prefect.events import emit_event
+
+    return emit_event(
+        event=BREACHED if decision.status == "breached" else RECOVERED,
+        resource=item_resource(decision.item),
+        occurred=decision.checked_at,
+        payload={
+            "item": decision.item,
+            "lag_seconds": decision.lag_seconds,
+            "threshold_minutes": decision.threshold_minutes,
+            "last_point_time": decision.last_point_time.isoformat() if decision.last_point_time else None,
+        },
+    )

@@ -1,0 +1,307 @@
+"""The lab's workload writer: writes to a machine's disk files at a steady rate and logs
+every write, so a test knows the true content of a disk at any instant.
+
+Every write's data is derived from (seed, seq) (an AES-CTR keystream), so the log of
+(seq, disk, offset, length, sha256) is enough to rebuild a disk: `replay()`.
+
+It can be paused and resumed through a control directory; that is the lab's
+crash-consistency hook (a "freeze" of the application):
+
+    python -m lab.workload run --disk disk0=/path/disk0.img --log w.jsonl --control ctl \
+        --rate 20 --seconds 60 --seed 7
+    python -m lab.workload pause --control ctl      # blocks until the writer acks: "paused seq=N"
+    python -m lab.workload resume --control ctl
+
+Pause: `pause` creates `ctl/pause.request`; the writer finishes its current write, logs
+{"event": "pause", "seq": N, "time": ...}, writes `ctl/pause.ack` (the seq) and waits.
+Resume: `resume` removes the request; the writer logs {"event": "resume", ...}, removes the
+ack and goes on. Writes with seq <= N are exactly what the disks held while paused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+REQUEST = "pause.request"
+ACK = "pause.ack"
+RUNNING = "running"
+STOPPED = "stopped"
+PAUSE_MARK = re.compile(r"paused seq=(\d+)")
+ALIGN = 4096
+MIN_WRITE = 4096
+MAX_WRITE = 256 * 1024
+MAX_PAUSE_S = 900.0
+
+
+def data_for(seed: int, seq: int, length: int) -> bytes:
+    """The bytes of write `seq`: AES-CTR keystream under a key from the seed, counter
+    starting at seq << 64 (so no two writes share keystream)."""
+    key = hashlib.sha256(f"drbook-workload:{seed}".encode()).digest()
+    enc = Cipher(algorithms.AES(key), modes.CTR((seq << 64).to_bytes(16, "big"))).encryptor()
+    return enc.update(bytes(length)) + enc.finalize()
+
+
+def paused_seq(text: str) -> int | None:
+    """The seq in a pause hook's output ("paused seq=N"), if any."""
+    m = PAUSE_MARK.search(text)
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class Disk:
+    name: str
+    path: Path
+    size: int
+    fd: int = -1
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _read(path: Path, default: str | None = "") -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Writer:
+    def __init__(self, disks: list[Disk], log: Path, control: Path, rate_mbps: float, seconds: float, seed: int,
+                 min_write: int = MIN_WRITE, max_write: int = MAX_WRITE) -> None:
+        self.disks = disks
+        self.log_path = log
+        self.control = control
+        self.rate = rate_mbps * 1e6
+        self.seconds = seconds
+        self.seed = seed
+        self.min_write = min_write
+        self.max_write = max_write
+        self.rng = random.Random(seed)
+        self.seq = 0
+        self.stopping = False
+
+    def _log(self, doc: dict) -> None:
+        self.log.write(json.dumps(doc, separators=(",", ":")) + "\n")
+
+    def _write_one(self) -> int:
+        disk = self.rng.choice(self.disks)
+        length = self.rng.randrange(self.min_write // ALIGN, self.max_write // ALIGN + 1) * ALIGN
+        length = min(length, disk.size - disk.size % ALIGN)
+        offset = self.rng.randrange(0, (disk.size - length) // ALIGN + 1) * ALIGN
+        self.seq += 1
+        data = data_for(self.seed, self.seq, length)
+        os.pwrite(disk.fd, data, offset)
+        self._log({"seq": self.seq, "time": time.time(), "disk": disk.name, "offset": offset, "length": length,
+                   "sha256": hashlib.sha256(data).hexdigest()})
+        return length
+
+    def _ack(self, token: str) -> None:
+        _atomic_write(self.control / ACK, json.dumps({"seq": self.seq, "token": token, "pid": os.getpid()}))
+
+    def _pause(self) -> None:
+        now = time.time()
+        self._log({"event": "pause", "seq": self.seq, "time": now})
+        self.log.flush()
+        token = _read(self.control / REQUEST)
+        self._ack(token)
+        deadline = time.monotonic() + MAX_PAUSE_S
+        while not self.stopping:
+            current = _read(self.control / REQUEST, None)
+            if current is None:
+                break
+            if current != token:  # a new pause request while still paused: ack it too
+                token = current
+                self._ack(token)
+            if time.monotonic() > deadline:
+                # A freezer that never thaws must not stop the "application" forever.
+                self._log({"event": "pause-expired", "seq": self.seq, "time": time.time()})
+                (self.control / REQUEST).unlink(missing_ok=True)
+                break
+            time.sleep(0.002)
+        self._log({"event": "resume", "seq": self.seq, "time": time.time()})
+        self.log.flush()
+        (self.control / ACK).unlink(missing_ok=True)
+
+    def run(self) -> int:
+        self.control.mkdir(parents=True, exist_ok=True)
+        for name in (ACK, STOPPED):
+            (self.control / name).unlink(missing_ok=True)
+        for d in self.disks:
+            d.fd = os.open(d.path, os.O_RDWR)
+        _atomic_write(self.control / RUNNING, str(os.getpid()))
+        self.log = open(self.log_path, "a", buffering=1 << 16)
+        try:
+            self._log({"event": "start", "seed": self.seed, "time": time.time(), "rate_mbps": self.rate / 1e6,
+                       "disks": {d.name: {"path": str(d.path), "size": d.size} for d in self.disks}})
+            end = time.monotonic() + self.seconds
+            window_start, window_bytes = time.monotonic(), 0
+            while not self.stopping and time.monotonic() < end:
+                if (self.control / REQUEST).exists():
+                    self._pause()
+                    window_start, window_bytes = time.monotonic(), 0
+                    continue
+                window_bytes += self._write_one()
+                if self.rate > 0:
+                    ahead = window_start + window_bytes / self.rate - time.monotonic()
+                    if ahead > 0:
+                        time.sleep(min(ahead, 0.05))
+            self._log({"event": "stop", "seq": self.seq, "time": time.time()})
+        finally:
+            self.log.close()
+            for d in self.disks:
+                os.close(d.fd)
+            _atomic_write(self.control / STOPPED, json.dumps({"seq": self.seq, "time": time.time()}))
+            (self.control / RUNNING).unlink(missing_ok=True)
+            (self.control / ACK).unlink(missing_ok=True)
+        return self.seq
+
+
+def _writer_pid(control: Path) -> int | None:
+    try:
+        pid = int((control / RUNNING).read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def pause(control: Path, timeout: float = 30.0) -> str:
+    """Ask the writer to pause and wait for its ack; the line it returns is the hook's
+    evidence. With no writer running the disks are quiet already."""
+    control.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    _atomic_write(control / REQUEST, token)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ack = json.loads((control / ACK).read_text())
+            if ack.get("token") == token:
+                return f"paused seq={ack['seq']}"
+        except (OSError, ValueError):
+            pass
+        if _writer_pid(control) is None:
+            try:
+                last = json.loads((control / STOPPED).read_text())["seq"]
+            except (OSError, ValueError, KeyError):
+                last = 0
+            return f"paused seq={last} (no writer running)"
+        if time.monotonic() > deadline:
+            (control / REQUEST).unlink(missing_ok=True)
+            raise TimeoutError(f"the workload writer did not pause within {timeout}s")
+        time.sleep(0.002)
+
+
+def resume(control: Path, timeout: float = 10.0) -> str:
+    (control / REQUEST).unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    while (control / ACK).exists() and _writer_pid(control) is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workload writer did not resume within {timeout}s")
+        time.sleep(0.002)
+    return "resumed"
+
+
+def read_log(log_path: Path | str) -> list[dict]:
+    with open(log_path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def replay(log_path: Path | str, disk_name: str, initial: bytes | Path, until_seq: int) -> bytes:
+    """The content of disk `disk_name` after every logged write with seq <= until_seq,
+    starting from `initial` (the disk's bytes, or a file holding them, before the run)."""
+    disk = bytearray(Path(initial).read_bytes() if isinstance(initial, Path) else initial)
+    seed = None
+    for entry in read_log(log_path):
+        if entry.get("event") == "start":
+            seed = entry["seed"]
+            continue
+        if "event" in entry or entry["seq"] > until_seq or entry["disk"] != disk_name:
+            continue
+        if seed is None:
+            raise ValueError(f"{log_path}: a write comes before the start line")
+        data = data_for(seed, entry["seq"], entry["length"])
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise ValueError(f"{log_path}: write {entry['seq']} does not regenerate (sha256 differs)")
+        disk[entry["offset"]:entry["offset"] + entry["length"]] = data
+    return bytes(disk)
+
+
+def _disk_arg(text: str) -> Disk:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--disk wants NAME=PATH, got {text!r}")
+    p = Path(path)
+    return Disk(name, p, p.stat().st_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lab.workload", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="write to disks at a rate, logging every write")
+    run.add_argument("--disk", action="append", type=_disk_arg, required=True, metavar="NAME=PATH")
+    run.add_argument("--log", type=Path, required=True)
+    run.add_argument("--control", type=Path, required=True)
+    run.add_argument("--rate", type=float, default=5.0, help="MB/s (0 = as fast as possible)")
+    run.add_argument("--seconds", type=float, default=60.0)
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--min-write", type=int, default=MIN_WRITE)
+    run.add_argument("--max-write", type=int, default=MAX_WRITE)
+    p = sub.add_parser("pause", help="pause the writer (the crash-consistency freeze hook)")
+    p.add_argument("--control", type=Path, required=True)
+    p.add_argument("--timeout", type=float, default=30.0)
+    r = sub.add_parser("resume", help="resume the writer (the thaw hook)")
+    r.add_argument("--control", type=Path, required=True)
+    r.add_argument("--timeout", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            writer = Writer(args.disk, args.log, args.control, args.rate, args.seconds, args.seed,
+                            args.min_write, args.max_write)
+
+            def _stop(signum, frame):  # noqa: ANN001
+                writer.stopping = True
+
+            signal.signal(signal.SIGTERM, _stop)
+            signal.signal(signal.SIGINT, _stop)
+            seq = writer.run()
+            print(f"wrote seq={seq}")
+        elif args.command == "pause":
+            print(pause(args.control, args.timeout), flush=True)
+        else:
+            print(resume(args.control, args.timeout), flush=True)
+    except TimeoutError as exc:
+        print(f"workload: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
