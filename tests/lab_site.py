@@ -1,0 +1,106 @@
+"""Fixtures for end-to-end tests on the lab: a site of the session's own (its own vault,
+containers and resource group, so tests never meet the demo's state), the workload writer
+with what the disks held before it started, and answering approvals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drbook.site import forget_sites
+
+
+@pytest.fixture(scope="session")
+def site_path(lab, tmp_path_factory, prefect_fast) -> str:
+    """The lab's site config with names of this session's own."""
+    tag = uuid.uuid4().hex[:6]
+    doc = yaml.safe_load(Path(lab["site_config"]).read_text())
+    doc["site"] = f"test-{tag}"
+    doc["azure"]["resource_group"] = f"drbook-test-{tag}"
+    doc["azure"]["containers"] = {"cache": f"t{tag}-cache", "replicas": f"t{tag}-replicas", "vault": f"t{tag}-vault"}
+    path = tmp_path_factory.mktemp("site") / "site.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    forget_sites()
+    return str(path)
+
+
+@dataclass
+class Writer:
+    machine: str
+    log: Path
+    control: Path
+    initial: dict[str, bytes]
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def expected(self, disk: str, until_seq: int) -> bytes:
+        from lab.workload import replay
+
+        return replay(self.log, disk, self.initial[disk], until_seq)
+
+    def last_seq(self) -> int:
+        from lab.workload import read_log
+
+        return max((e["seq"] for e in read_log(self.log) if "seq" in e and "event" not in e), default=0)
+
+
+def start_writer(lab: dict, machine: str, tmp: Path, *, rate: float = 4.0, seconds: float = 300, seed: int = 3) -> Writer:
+    """Start the workload writer on a lab machine, keeping what its disks held before."""
+    m = next(x for x in lab["machines"] if x["name"] == machine)
+    control = Path(lab["lab_dir"]) / "machines" / machine / "workload"
+    control.mkdir(parents=True, exist_ok=True)
+    for stale in ("pause.request", "pause.ack"):
+        (control / stale).unlink(missing_ok=True)
+    initial = {d["name"]: Path(d["path"]).read_bytes() for d in m["disks"]}
+    log = tmp / f"{machine}-{uuid.uuid4().hex[:6]}.jsonl"
+    argv = [sys.executable, "-m", "lab.workload", "run", "--log", str(log), "--control", str(control),
+            "--rate", str(rate), "--seconds", str(seconds), "--seed", str(seed)]
+    for d in m["disks"]:
+        argv += ["--disk", f"{d['name']}={d['path']}"]
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 10
+    while not (control / "running").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the workload writer on {machine} did not start")
+        time.sleep(0.02)
+    return Writer(machine, log, control, initial, proc)
+
+
+def run_in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
+    """Run a flow in a thread (it pauses for approval); the outcome lands in the dict."""
+    out: dict = {}
+
+    def target() -> None:
+        try:
+            out["result"] = fn(*args, **kwargs)
+        except BaseException as exc:  # the test inspects what the flow raised
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def wait_for_paused_run(machines: list[str], timeout: float = 60) -> str:
+    from drbook.approvals import waiting_approvals
+
+    want = ", ".join(machines)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for row in waiting_approvals():
+            if row["machines"] == want:
+                return row["run_id"]
+        time.sleep(0.2)
+    raise AssertionError(f"no paused run for {want}")

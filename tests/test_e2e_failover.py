@@ -1,0 +1,226 @@
+"""Prepare Azure, drill, fail over and commit, end to end on the lab, each proven byte for byte.
+
+The machines' disks are compared in Azure, through grant-access SAS reads, with what the
+workload log says they held at the recovery point's freeze instant — independently of the
+manifests the flows verify against.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from azure.storage.blob import BlobClient
+
+from drbook.errors import ApprovalRejected, LeaseHeldError, StateTransitionError
+from drbook.approvals import answer
+from drbook.failover.build import resources_of_run
+from drbook.failover.prepare import test_nsg_name, test_vnet_name
+from drbook.models import ItemState
+from drbook.site import open_site
+from flows.failover import commit_flow, failover_flow
+from flows.prepare_azure import prepare_azure_flow
+from flows.replication import enable_replication_flow, replicate_flow
+from flows.test_failover import test_failover_cleanup_flow, test_failover_flow
+from lab.workload import paused_seq
+from tests.lab_site import run_in_thread, site_path, start_writer, wait_for_paused_run  # noqa: F401
+
+pytestmark = pytest.mark.lab
+
+
+def _disk_bytes(site, rg: str, name: str, size: int) -> bytes:
+    """A managed disk's bytes, read as a person would: grant access, GET the SAS URL."""
+    compute = site.azure.compute
+    sas = compute.disks.begin_grant_access(rg, name, {"access": "Read", "duration_in_seconds": 600}).result().access_sas
+    try:
+        reader = BlobClient.from_blob_url(sas, connection_verify=str(site.cfg.azure.ca_bundle))
+        return reader.download_blob(offset=0, length=size).readall()
+    finally:
+        compute.disks.begin_revoke_access(rg, name).result()
+
+
+def _point_seq(point) -> int:
+    seqs = [paused_seq(line) for line in point.freeze_evidence]
+    seqs = [s for s in seqs if s is not None]
+    assert seqs, f"point {point.id} has no freeze mark: {point.freeze_evidence}"
+    return seqs[0]
+
+
+@pytest.fixture(scope="module")
+def site(site_path):
+    return open_site(site_path)
+
+
+@pytest.fixture(scope="module")
+def arm(lab):
+    from lab.arm.control import ArmControl
+
+    control = ArmControl(lab["arm"]["base_url"], lab["ca_bundle"])
+    yield control
+    control.clear_faults()
+
+
+def test_prepare_azure_is_idempotent_and_isolates_the_test_network(site, site_path):
+    dry = prepare_azure_flow(dry_run=True, site_path=site_path)
+    assert dry["changed"] and {s["action"] for s in dry["steps"]} == {"create"}
+    assert site.azure.resource.resource_groups.check_existence(site.cfg.azure.resource_group) is False
+    first = prepare_azure_flow(site_path=site_path)
+    assert first["changed"]
+    second = prepare_azure_flow(site_path=site_path)
+    assert not second["changed"] and {s["action"] for s in second["steps"]} == {"unchanged"}
+
+    rg = site.cfg.azure.resource_group
+    prod = site.cfg.network_mapping[0].target_vnet
+    net = site.azure.network
+    test_vnet = net.virtual_networks.get(rg, test_vnet_name(prod))
+    assert list(net.virtual_network_peerings.list(rg, test_vnet_name(prod))) == []
+    assert list(net.virtual_network_peerings.list(rg, prod)) == []
+    assert test_vnet.address_space.address_prefixes == net.virtual_networks.get(rg, prod).address_space.address_prefixes
+    nsg = net.network_security_groups.get(rg, test_nsg_name(prod))
+    rules = {r.name: r for r in nsg.security_rules}
+    assert rules["deny-internet-out"].access == "Deny" and rules["deny-internet-out"].destination_address_prefix == "Internet"
+    assert rules["deny-all-in"].access == "Deny" and rules["deny-all-in"].direction == "Inbound"
+    assert all(s.network_security_group and s.network_security_group.id.endswith(test_nsg_name(prod)) for s in test_vnet.subnets)
+
+
+def test_protect_the_lab_machines(site, site_path):
+    rows = enable_replication_flow(["db01"], site_path=site_path)
+    rows += enable_replication_flow(["app01", "app02"], group="app", site_path=site_path)
+    assert {r["item"] for r in rows} == {"db01", "app01", "app02"}
+    assert all(site.vault.item(n).state == ItemState.PROTECTED for n in ("db01", "app01", "app02"))
+
+
+def test_commit_before_failover_is_refused(site_path, site):
+    before = site.vault.item("db01")
+    with pytest.raises(StateTransitionError, match="cannot commit db01: it is protected; commit needs failed-over"):
+        commit_flow(["db01"], site_path=site_path)
+    assert site.vault.item("db01") == before
+
+
+def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing(lab, site, site_path, tmp_path):
+    writer = start_writer(lab, "db01", tmp_path)
+    try:
+        time.sleep(1.0)
+        replicate_flow(["db01"], site_path=site_path)
+        time.sleep(1.0)
+        replicate_flow(["db01"], site_path=site_path)
+    finally:
+        writer.stop()
+    points = sorted(site.engine.points.points("db01"), key=lambda p: p.time)
+    older, newer = points[-2], points[-1]
+    assert _point_seq(older) < _point_seq(newer), "the two points must hold different instants"
+
+    drill = test_failover_flow(["db01"], point=older.id, site_path=site_path)
+    [vm] = drill["vms"]
+    result = drill["results"][0]
+    assert result["verified"] and result["point_id"] == older.id
+    assert result["ip"] == "10.10.2.13", "a drill keeps the machine's IP in the isolated network"
+    for d in vm["disks"]:
+        size = next(x.size_bytes for x in older.disks if x.disk == d["disk"])
+        got = _disk_bytes(site, d["resource_group"], d["name"], size)
+        assert got == writer.expected(d["disk"], _point_seq(older)), f"{d['name']} differs from point {older.id}"
+    nic = site.azure.network.network_interfaces.get(vm["resource_group"], "db01-nic0")
+    assert test_vnet_name(site.cfg.network_mapping[0].target_vnet) in nic.ip_configurations[0].subnet.id
+
+    cleaned = test_failover_cleanup_flow(drill["drill_id"], site_path=site_path)
+    assert cleaned["left"] == []
+    assert resources_of_run(site.azure, drill["flow_run_id"]) == []
+    assert site.azure.resource.resource_groups.check_existence(vm["resource_group"]) is False
+
+
+def test_rejected_or_unanswered_approval_changes_nothing(site, site_path):
+    before_item = site.vault.item("db01")
+    thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60, site_path=site_path)
+    run_id = wait_for_paused_run(["db01"])
+    answer(run_id, approve=False, comment="not today", approver="tester")
+    thread.join(60)
+    assert isinstance(out.get("error"), ApprovalRejected)
+    assert resources_of_run(site.azure, run_id) == []
+
+    thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=2, site_path=site_path)
+    thread.join(60)
+    assert isinstance(out.get("error"), ApprovalRejected) and "in time" in str(out["error"])
+    assert site.vault.item("db01").state == before_item.state == ItemState.PROTECTED
+    assert list(site.azure.compute.virtual_machines.list(site.cfg.azure.resource_group)) == []
+
+
+def test_a_second_failover_of_a_machine_is_refused_while_one_runs(site_path):
+    thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60, site_path=site_path)
+    run_id = wait_for_paused_run(["db01"])
+    try:
+        with pytest.raises(LeaseHeldError):
+            failover_flow(["db01"], point="latest-processed", approval_timeout=5, site_path=site_path)
+    finally:
+        answer(run_id, approve=False, comment="test done")
+        thread.join(60)
+
+
+def test_failed_provisioning_rolls_back_with_nothing_leaked(site, site_path, arm):
+    arm.fail_operation("Microsoft.Compute/virtualMachines/write", code="OSProvisioningTimedOut",
+                       message="lab: provisioning failed")
+    try:
+        thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60,
+                                    site_path=site_path)
+        run_id = wait_for_paused_run(["db01"])
+        answer(run_id, approve=True, approver="tester")
+        thread.join(180)
+    finally:
+        arm.clear_faults()
+    assert "error" in out, "the failover must fail when the VM cannot be provisioned"
+    assert resources_of_run(site.azure, run_id) == []
+    rg = site.cfg.azure.resource_group
+    assert list(site.azure.compute.disks.list_by_resource_group(rg)) == []
+    assert list(site.azure.network.network_interfaces.list(rg)) == []
+    assert site.vault.item("db01").state == ItemState.PROTECTED
+
+
+def test_transient_arm_faults_still_end_in_a_completed_failover_then_commit(site, site_path, arm):
+    arm.inject("Microsoft.Compute/disks/write", status=500, times=1)
+    arm.inject("Microsoft.Network/networkInterfaces/write", status=429, times=1, retry_after=1)
+    try:
+        thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60,
+                                    site_path=site_path)
+        run_id = wait_for_paused_run(["db01"])
+        answer(run_id, approve=True, approver="tester", comment="go")
+        thread.join(300)
+    finally:
+        arm.clear_faults()
+    assert "result" in out, f"failover failed: {out.get('error')!r}"
+    result = out["result"]
+    assert result["results"][0]["verified"]
+    item = site.vault.item("db01")
+    assert item.state == ItemState.FAILED_OVER and item.failover_point_id == result["results"][0]["point_id"]
+    vm = site.azure.compute.virtual_machines.get(site.cfg.azure.resource_group, result["vms"][0]["vm_name"])
+    assert vm.tags["drbook-item"] == "db01"
+
+    committed = commit_flow(["db01"], site_path=site_path)
+    assert site.vault.item("db01").state == ItemState.COMMITTED
+    assert [p.id for p in site.engine.points.points("db01")] == [committed["db01"]["kept_point"]]
+
+
+def test_planned_failover_of_a_group_loses_no_write(lab, site, site_path, tmp_path):
+    writers = [start_writer(lab, m, tmp_path, rate=4, seed=11 + i) for i, m in enumerate(("app01", "app02"))]
+    try:
+        time.sleep(1.5)
+        thread, out = run_in_thread(failover_flow, ["app01", "app02"], planned=True, approval_timeout=60,
+                                    site_path=site_path)
+        run_id = wait_for_paused_run(["app01", "app02"])
+        answer(run_id, approve=True, approver="tester")
+        thread.join(300)
+        assert "result" in out, f"planned failover failed: {out.get('error')!r}"
+    finally:
+        for w in writers:
+            w.stop()
+    result = out["result"]
+    point_ids = {r["point_id"] for r in result["results"]}
+    assert len(point_ids) == 1, "a group fails over to one shared point"
+    for w in writers:
+        # Zero data loss: every write the workload made is in Azure.
+        vm = next(v for v in result["vms"] if v["machine"] == w.machine)
+        m = next(x for x in lab["machines"] if x["name"] == w.machine)
+        for d in vm["disks"]:
+            size = next(x["size_bytes"] for x in m["disks"] if x["name"] == d["disk"])
+            got = _disk_bytes(site, d["resource_group"], d["name"], size)
+            assert got == w.expected(d["disk"], w.last_seq()), f"{w.machine}/{d['disk']} lost writes"
+    assert {site.vault.item(m).state for m in ("app01", "app02")} == {ItemState.FAILED_OVER}
+    assert "all disks verified" in open(result["report"]).read()
