@@ -108,6 +108,7 @@ class MachineConfig(_Strict):
     thaw_hooks: list[str] = []
     crash_hooks: list[str] = Field([], description="crash-consistency freeze commands (pause, fsfreeze)")
     crash_thaw_hooks: list[str] = []
+    stop_hooks: list[str] = Field([], description="stop the applications before a planned failover's last cycle")
     shutdown_command: str = Field("shutdown -h now", description="clean shutdown of a physical server (planned failover)")
 
 

@@ -340,6 +340,7 @@ class Lab:
                     "memory_mb": m["memory_mb"],
                     "disks": [{"name": d["name"], "path": d["path"], "size_bytes": d["size_bytes"]} for d in m["disks"]],
                     "crash_hooks": [f"{sys.executable} -m lab.workload pause --control {self.dir / 'machines' / m['name'] / 'workload'}"],
+                    "stop_hooks": [f"{sys.executable} -m lab.workload_control stop --control {self.dir / 'machines' / m['name'] / 'workload'}"],
                     "crash_thaw_hooks": [f"{sys.executable} -m lab.workload resume --control {self.dir / 'machines' / m['name'] / 'workload'}"],
                 }
                 for m in status["machines"]

@@ -43,3 +43,46 @@ def start_workload(lab: Lab, machine: str, *, rate: float, seconds: float, seed:
     if proc.returncode != 0:
         raise LabError(f"the workload writer on {machine} failed (exit {proc.returncode})")
     return f"wrote to {machine} for {seconds:g} s; log {log}"
+
+
+def stop_writer(control: Path, timeout: float = 30.0) -> str:
+    """Stop the workload writer for good (the lab's "stop the application" hook): it
+    finishes its current write, logs its last seq and exits."""
+    import json
+    import os
+    import signal
+
+    try:
+        pid = int((control / "running").read_text())
+    except (OSError, ValueError):
+        return "stopped (no writer running)"
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return "stopped (no writer running)"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            last = json.loads((control / "stopped").read_text())["seq"]
+            if not (control / "running").exists():
+                return f"stopped seq={last}"
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+    raise LabError(f"the workload writer (pid {pid}) did not stop within {timeout}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lab.workload_control")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    stop = sub.add_parser("stop", help="stop the writer for good (a planned failover's stop hook)")
+    stop.add_argument("--control", type=Path, required=True)
+    args = parser.parse_args(argv)
+    print(stop_writer(args.control))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

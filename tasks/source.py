@@ -9,16 +9,18 @@ from drbook.site import open_site
 from tasks.policy import ONCE, REMOTE
 
 
-@task(name="quiesce-source", **REMOTE)
+@task(name="stop-source-applications", **REMOTE)
 def quiesce_for_shutdown(site_path: str, machine: str) -> list[str]:
-    """Stop the source's writes for good (its freeze hooks, never thawed): what the last
-    cycle then reads is all there will ever be."""
+    """Stop the source's applications (its stop hooks): what the last cycle then reads is
+    all there will ever be. Without stop hooks nothing guarantees that, and the log says so."""
     site = open_site(site_path)
     cfg = site.machine(machine)
     shell = site.shell_for(cfg)
     outputs = []
     try:
-        for hook in cfg.quiesce_hooks + cfg.crash_hooks:
+        if not cfg.stop_hooks:
+            get_run_logger().warning("%s has no stop hooks: writes after the last cycle would be lost", machine)
+        for hook in cfg.stop_hooks:
             result = shell.run(hook, timeout=120)
             if result.exit_status != 0:
                 raise CommandFailed(f"{machine}: quiesce hook failed ({result.exit_status}): {hook}",
@@ -26,7 +28,7 @@ def quiesce_for_shutdown(site_path: str, machine: str) -> list[str]:
             outputs.append(result.stdout.strip())
     finally:
         shell.close()
-    get_run_logger().info("%s quiesced for shutdown: %s", machine, "; ".join(outputs) or "no hooks")
+    get_run_logger().info("%s applications stopped: %s", machine, "; ".join(outputs) or "no hooks")
     return outputs
 
 
