@@ -20,7 +20,7 @@ lab_app = typer.Typer(no_args_is_help=True, help="The lab: real services on this
 app.add_typer(lab_app, name="lab")
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 180)
 
 
 def emit_json(data: object) -> None:
