@@ -17,6 +17,7 @@ import ntpath
 import posixpath
 import re
 import shlex
+import tempfile
 import time
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
@@ -97,9 +98,10 @@ class PushResult(BaseModel):
 _VERSION_RE = re.compile(r"""^AGENT_VERSION\s*=\s*["']([^"']+)["']""", re.MULTILINE)
 
 
-def agent_version_of(path: Path) -> str:
+def agent_version_of(path: Path, data: bytes | None = None) -> str:
     """The AGENT_VERSION an agent file declares (read, never executed)."""
-    match = _VERSION_RE.search(Path(path).read_text(encoding="utf-8", errors="replace"))
+    text = (Path(path).read_bytes() if data is None else data).decode("utf-8", errors="replace")
+    match = _VERSION_RE.search(text)
     if not match:
         raise ConfigError(f"{path}: no AGENT_VERSION = '...' line; is this the drbook agent?")
     return match.group(1)
@@ -442,13 +444,19 @@ def push_agent(
     we pushed). Only a returned PushResult means a verified agent is on the machine."""
     started = time.monotonic()
     local = Path(agent_path or DEFAULT_AGENT)
-    version, sha256 = agent_version_of(local), file_sha256(local)
+    # One read: the version, the hash and the bytes uploaded all come from the same snapshot,
+    # even if the file is replaced while we push.
+    data = local.read_bytes()
+    version, sha256 = agent_version_of(local, data), hashlib.sha256(data).hexdigest()
     preflight(shell, machine)
     current = installed_agent(shell, machine)
     action = decide_action(current, version, sha256, force=force)
     if action != "unchanged":
         _prepare_dir(shell, machine)
-        shell.put_file(str(local), staging_path(machine, sha256), 0o600)
+        with tempfile.TemporaryDirectory(prefix="drbook-push-") as tmp:
+            snapshot = Path(tmp) / "agent.py"
+            snapshot.write_bytes(data)
+            shell.put_file(str(snapshot), staging_path(machine, sha256), 0o600)
         script = render_install_script(machine, version, sha256)
         _checked(run_script(shell, machine, script), machine, "the agent install script")
     verify_install(shell, machine, version, sha256)
