@@ -1,0 +1,437 @@
+"""HTTP in, backend call, HTTP out: one small function per ARM operation.
+
+Each handler gets the backend and the parsed request and returns a Reply. Most run entirely
+under the store's lock (`locked`); disk creation and grant access do their blob work between
+two locked steps so one slow copy does not stall every other request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .exceptions import ArmError
+from .models import ArmBackend, Reply
+from .models.compute import DiskPlan
+from .settings import retry_headers
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    base_url: str
+    api_version: str = ""
+    op_type: str = ""
+
+    def q(self, name: str) -> str | None:
+        for k, v in self.query.items():
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def json(self) -> dict[str, Any]:
+        if self.body is None:
+            return {}
+        if not isinstance(self.body, dict):
+            raise ArmError("The request content must be a JSON object.", code="InvalidRequestContent", status=400)
+        return self.body
+
+
+@dataclass
+class Response:
+    status: int
+    payload: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def encode(body: Any) -> bytes:
+    return b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+
+
+def error_response(exc: ArmError) -> Response:
+    return Response(exc.status, encode(exc.body()), dict(exc.headers))
+
+
+def _retry_after(op: dict[str, Any]) -> dict[str, str]:
+    return retry_headers(max(op["deadline"] - time.time(), 0.01))
+
+
+def _op_urls(r: Request, op: dict[str, Any]) -> tuple[str, str]:
+    sub = op["resourceId"].split("/")[2]
+    v = r.api_version
+    if op["namespace"] == "Microsoft.Resources":
+        url = f"{r.base_url}/subscriptions/{sub}/operationresults/{op['id']}?api-version={v}"
+        return url, url
+    base = f"{r.base_url}/subscriptions/{sub}/providers/{op['namespace']}/locations/{op['location']}"
+    if op["opType"].lower().startswith(("microsoft.compute/disks/", "microsoft.compute/snapshots/")):
+        return (f"{base}/DiskOperations/{op['id']}?api-version={v}",
+                f"{base}/DiskOperationResults/{op['id']}?api-version={v}")
+    return f"{base}/operations/{op['id']}?api-version={v}", f"{base}/operationResults/{op['id']}?api-version={v}"
+
+
+def finish(r: Request, reply: Reply) -> Response:
+    """Serialise under the lock (bodies are live state) and add the LRO headers ARM sends."""
+    headers = dict(reply.headers)
+    if reply.op is not None:
+        async_url, location_url = _op_urls(r, reply.op)
+        if reply.lro == "location":
+            headers["Location"] = location_url
+        else:
+            headers["Azure-AsyncOperation"] = async_url
+            if r.method in ("POST", "DELETE"):
+                headers["Location"] = location_url
+        headers.update(_retry_after(reply.op))
+    return Response(reply.status, encode(reply.body), headers)
+
+
+def locked(fn: Callable[[ArmBackend, Request], Reply]) -> Callable[[ArmBackend, Request], Response]:
+    def run(b: ArmBackend, r: Request) -> Response:
+        with b.store.txn():
+            b.settle()
+            return finish(r, fn(b, r))
+
+    run.__name__ = fn.__name__
+    return run
+
+
+def in_txn(b: ArmBackend, r: Request, fn: Callable[[], Reply]) -> Response:
+    with b.store.txn():
+        b.settle()
+        return finish(r, fn())
+
+
+P = Callable[[ArmBackend, Request], Response]
+
+# == Microsoft.Resources ======================================================================
+
+
+@locked
+def rg_put(b, r):
+    return b.put_rg(r.params["sub"], r.params["rg"], r.json())
+
+
+@locked
+def rg_get(b, r):
+    return b.get_rg(r.params["sub"], r.params["rg"])
+
+
+@locked
+def rg_head(b, r):
+    return b.head_rg(r.params["sub"], r.params["rg"])
+
+
+@locked
+def rg_patch(b, r):
+    return b.patch_rg(r.params["sub"], r.params["rg"], r.json())
+
+
+@locked
+def rg_delete(b, r):
+    return b.delete_rg(r.params["sub"], r.params["rg"])
+
+
+@locked
+def rg_list(b, r):
+    return b.list_rgs(r.params["sub"], r.q("$filter"), r.q("$top"))
+
+
+@locked
+def resources_list(b, r):
+    return b.list_resources(r.params["sub"], r.params.get("rg"), r.q("$filter"), r.q("$expand"), r.q("$top"))
+
+
+@locked
+def tags_get(b, r):
+    return b.get_tags(r.params["scope"])
+
+
+@locked
+def tags_put(b, r):
+    return b.put_tags(r.params["scope"], r.json())
+
+
+@locked
+def tags_patch(b, r):
+    return b.patch_tags(r.params["scope"], r.json())
+
+
+@locked
+def tags_delete(b, r):
+    return b.delete_tags(r.params["scope"])
+
+
+# == long-running operation status ============================================================
+
+
+@locked
+def op_status(b, r):
+    op = b.operation(r.params["sub"], r.params["opid"])
+    reply = Reply(200, b.op_status_body(op))
+    if op["status"] == "InProgress":
+        reply.headers.update(_retry_after(op))
+    return reply
+
+
+def op_result(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        b.settle()
+        op = b.operation(r.params["sub"], r.params["opid"])
+        if op["status"] == "InProgress":
+            url = f"{r.base_url}{r.path}?api-version={r.api_version}"
+            return Response(202, b"", {"Location": url, **_retry_after(op)})
+        if op["status"] == "Failed":
+            err = dict(op["error"])
+            status = int(err.pop("status", 500))
+            return Response(status, encode({"error": err}))
+        if op.get("result") is not None:
+            return Response(200, encode(op["result"]))
+        return Response(204 if op["namespace"] != "Microsoft.Resources" else 200)
+
+
+# == Microsoft.Compute ========================================================================
+
+
+def _disk_put(kind: str) -> P:
+    def run(b: ArmBackend, r: Request) -> Response:
+        with b.store.txn():
+            b.settle()
+            plan = b.disk_put_plan(kind, r.params["sub"], r.params["rg"], r.params["name"], r.json())
+            if not isinstance(plan, DiskPlan):
+                return finish(r, plan)
+        if plan.import_uri or plan.copy_blob:
+            b.disk_blob_work(plan)  # raises InvalidVhd & co. before anything is recorded
+        return in_txn(b, r, lambda: b.disk_put_commit(plan))
+
+    return run
+
+
+def _grant(kind: str) -> P:
+    def run(b: ArmBackend, r: Request) -> Response:
+        with b.store.txn():
+            b.settle()
+            plan = b.grant_plan(kind, r.params["sub"], r.params["rg"], r.params["name"], r.json())
+        try:
+            b.grant_blob_work(plan)
+        except BaseException:
+            with b.store.txn():
+                b.grant_abort(plan)
+            raise
+        return in_txn(b, r, lambda: b.grant_commit(kind, plan))
+
+    return run
+
+
+def _kind(kind: str, method: str) -> P:
+    @locked
+    def run(b, r):
+        p = r.params
+        if method == "get":
+            return b.get_disk(kind, p["sub"], p["rg"], p["name"])
+        if method == "patch":
+            return b.patch_disk(kind, p["sub"], p["rg"], p["name"], r.json())
+        if method == "delete":
+            return b.delete_disk(kind, p["sub"], p["rg"], p["name"])
+        if method == "list":
+            return b.list_disks(kind, p["sub"], p.get("rg"))
+        if method == "revoke":
+            return b.revoke(kind, p["sub"], p["rg"], p["name"])
+        raise AssertionError(method)
+
+    return run
+
+
+@locked
+def vm_put(b, r):
+    return b.put_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+
+
+@locked
+def vm_get(b, r):
+    return b.get_vm(r.params["sub"], r.params["rg"], r.params["name"], r.q("$expand"))
+
+
+@locked
+def vm_patch(b, r):
+    return b.patch_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+
+
+@locked
+def vm_delete(b, r):
+    return b.delete_vm(r.params["sub"], r.params["rg"], r.params["name"])
+
+
+@locked
+def vm_list(b, r):
+    return b.list_vms(r.params["sub"], r.params.get("rg"), r.params.get("loc"))
+
+
+@locked
+def vm_instance_view(b, r):
+    return b.instance_view(r.params["sub"], r.params["rg"], r.params["name"])
+
+
+@locked
+def vm_available_sizes(b, r):
+    return b.vm_available_sizes(r.params["sub"], r.params["rg"], r.params["name"])
+
+
+def _vm_action(action: str) -> P:
+    @locked
+    def run(b, r):
+        return b.vm_action(action, r.params["sub"], r.params["rg"], r.params["name"])
+
+    return run
+
+
+@locked
+def vm_run_command(b, r):
+    return b.run_command(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+
+
+@locked
+def vm_sizes(b, r):
+    return b.vm_sizes(r.params["sub"], r.params["loc"])
+
+
+# == Microsoft.Network ========================================================================
+
+
+def _net_top(type_: str, method: str) -> P:
+    put = {"virtualNetworks": "put_vnet", "networkSecurityGroups": "put_nsg", "networkInterfaces": "put_nic",
+           "publicIPAddresses": "put_pip"}[type_]
+
+    @locked
+    def run(b, r):
+        p = r.params
+        if method == "put":
+            return getattr(b, put)(p["sub"], p["rg"], p["name"], r.json())
+        if method == "get":
+            return b.net_get_top(p["sub"], p["rg"], type_, p["name"])
+        if method == "patch":
+            return b.net_patch_tags(p["sub"], p["rg"], type_, p["name"], r.json())
+        if method == "delete":
+            return b.net_delete_top(p["sub"], p["rg"], type_, p["name"])
+        if method == "list":
+            return b.net_list(p["sub"], p.get("rg"), type_)
+        raise AssertionError(method)
+
+    return run
+
+
+def _net_child(parent_type: str, child_type: str, method: str) -> P:
+    put = {"subnets": "put_subnet", "securityRules": "put_rule", "virtualNetworkPeerings": "put_peering"}[child_type]
+
+    @locked
+    def run(b, r):
+        p = r.params
+        if method == "put":
+            return getattr(b, put)(p["sub"], p["rg"], p["parent"], p["name"], r.json())
+        if method == "get":
+            return b.get_child(p["sub"], p["rg"], parent_type, p["parent"], child_type, p["name"])
+        if method == "delete":
+            return b.delete_child(p["sub"], p["rg"], parent_type, p["parent"], child_type, p["name"])
+        if method == "list":
+            return b.list_children(p["sub"], p["rg"], parent_type, p["parent"], child_type)
+        raise AssertionError(method)
+
+    return run
+
+
+@locked
+def nsg_default_rules(b, r):
+    return b.list_default_rules(r.params["sub"], r.params["rg"], r.params["parent"])
+
+
+# == Microsoft.Storage ========================================================================
+
+
+@locked
+def sa_put(b, r):
+    return b.put_account(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+
+
+@locked
+def sa_get(b, r):
+    return b.get_account(r.params["sub"], r.params["rg"], r.params["name"])
+
+
+@locked
+def sa_patch(b, r):
+    return b.patch_account(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+
+
+@locked
+def sa_delete(b, r):
+    return b.delete_account(r.params["sub"], r.params["rg"], r.params["name"])
+
+
+@locked
+def sa_list(b, r):
+    return b.list_accounts(r.params["sub"], r.params.get("rg"))
+
+
+@locked
+def sa_keys(b, r):
+    return b.list_keys(r.params["sub"], r.params["rg"], r.params["name"])
+
+
+@locked
+def sa_name_check(b, r):
+    return b.check_name_availability(r.params["sub"], r.json())
+
+
+# == the lab's own control endpoints (no auth, no api-version) ================================
+
+
+def lab_health(b: ArmBackend, r: Request) -> Response:
+    return Response(200, encode({"status": "ok", "subscriptionId": b.config.subscription_id,
+                                 "location": b.config.location}))
+
+
+def lab_reset(b: ArmBackend, r: Request) -> Response:
+    b.reset()
+    return Response(200, encode({"status": "reset"}))
+
+
+def lab_operations(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        if r.method == "POST":
+            b.settings.set_operation(r.json())
+        return Response(200, encode({"operations": b.store.settings.get("operations", {}),
+                                     "defaultDuration": b.settings.default_duration}))
+
+
+def lab_faults(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        if r.method == "POST":
+            b.settings.set_fault(r.json())
+        if r.method == "DELETE":
+            b.store.settings["faults"] = {}
+            b.store.touch()
+        return Response(200, encode({"faults": b.store.settings.get("faults", {})}))
+
+
+def lab_run_command_output(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        b.settings.set_run_command_output(r.json())
+        return Response(200, encode({"runCommandOutput": b.store.settings.get("runCommandOutput", {})}))
+
+
+def lab_run_commands(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        if r.method == "DELETE":
+            b.store.data["runCommands"] = []
+            b.store.touch()
+        return Response(200, encode({"value": b.store.data.get("runCommands", [])}))
+
+
+def new_request_id() -> str:
+    return str(uuid.uuid4())
