@@ -135,6 +135,11 @@ class Lab:
                env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
         if m.running():
             return
+        if m.pid_file.exists():
+            # Our process died (crash): give the kernel a moment to release its port.
+            deadline = time.monotonic() + 5
+            while port_in_use(host, port) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if port_in_use(host, port):
             raise LabError(f"{m.name}: port {host}:{port} is already in use by a process the lab did not start")
         self.say(f"starting {m.name} on {host}:{port}")

@@ -4,12 +4,11 @@ azure-core's exceptions into drbook's (flows never see azure.core.exceptions).""
 from __future__ import annotations
 
 import contextlib
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Iterator
 
-from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -21,26 +20,7 @@ from azure.core.exceptions import (
 
 from drbook.config import AzureConfig
 from drbook.errors import AzureError, AzureTransientError, NotFoundError
-from drbook.secrets import resolve_secret
-
-
-class StaticTokenCredential(TokenCredential):
-    """A fixed bearer token (the lab's ARM emulator accepts any). Never logged."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
-        return AccessToken(self._token, int(time.time()) + 3600)
-
-
-def credential_for(cfg: AzureConfig) -> TokenCredential:
-    if cfg.credential.kind == "static-token":
-        assert cfg.credential.token is not None
-        return StaticTokenCredential(resolve_secret(cfg.credential.token).get_secret_value())
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
+from drbook.adapters.blobstore import azure_credential
 
 
 @dataclass
@@ -60,11 +40,11 @@ class AzureClients:
 
     @cached_property
     def credential(self) -> TokenCredential:
-        return credential_for(self.cfg)
+        return azure_credential(self.cfg)
 
     @cached_property
     def resource(self):
-        from azure.mgmt.resource import ResourceManagementClient
+        from azure.mgmt.resource.resources import ResourceManagementClient
 
         return ResourceManagementClient(self.credential, self.cfg.subscription_id, **self._kwargs())
 
