@@ -18,6 +18,7 @@
     │       ├── HostKeyError        the host key is unknown or differs (never retried)
     │       ├── AuthenticationError wrong key or password (never retried)
     │       ├── ConnectError        refused, unreachable, timed out                    [retryable]
+    │       ├── CommandTimeout      a remote command did not end in time               [retryable]
     │       └── CommandFailed       a remote command exited non-zero
     ├── ReplicationError
     │   ├── ResyncRequired          the map does not match the disk (new / resized / lost map)
@@ -114,6 +115,10 @@ class AuthenticationError(RemoteExecError):
 
 
 class ConnectError(RemoteExecError):
+    retryable = True
+
+
+class CommandTimeout(RemoteExecError):
     retryable = True
 
 
