@@ -12,11 +12,12 @@ from tests.blob_fixtures import azurite, azurite_blob  # noqa: F401  (fixtures)
 from tests.test_ssh import SshLab, ssh_lab  # noqa: F401  (fixture)
 
 from drbook import mobility
-from drbook.adapters.ssh import CommandTimeout, SshShell
+from drbook.adapters.ssh import SshShell
 from drbook.config import DiskConfig, MachineConfig
 from drbook.errors import (
     AuthenticationError,
     CommandFailed,
+    CommandTimeout,
     ConnectError,
     ConfigError,
     HostKeyError,

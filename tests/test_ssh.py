@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from drbook.adapters.ssh import REKEY_BYTES, CommandTimeout, SshShell
+from drbook.adapters.ssh import REKEY_BYTES, SshShell
 from drbook.config import DiskConfig, MachineConfig
-from drbook.errors import AuthenticationError, ConnectError, HostKeyError, RemoteExecError
+from drbook.errors import AuthenticationError, CommandTimeout, ConnectError, HostKeyError, RemoteExecError
 from lab.machines import SshKeys, disk_path, ensure_client_key, ensure_machine, machine_dir
 from lab.procs import Managed, port_in_use
 from lab.spec import DiskSpec, MachineSpec

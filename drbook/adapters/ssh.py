@@ -19,7 +19,7 @@ import paramiko
 
 from drbook.adapters.shell import CommandResult
 from drbook.config import MachineConfig
-from drbook.errors import AuthenticationError, ConnectError, DRError, HostKeyError, RemoteExecError
+from drbook.errors import AuthenticationError, CommandTimeout, ConnectError, DRError, HostKeyError, RemoteExecError
 from drbook.secrets import resolve_secret
 
 # The receive window is what lets the remote side send ahead of our reads; paramiko's
@@ -34,12 +34,6 @@ STDERR_LIMIT = 64 * 1024
 REKEY_BYTES = 16 * 1024**3
 # AES-GCM needs no separate HMAC pass, which is the costliest part of paramiko's CTR+HMAC path.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
-
-
-class CommandTimeout(RemoteExecError):
-    """A remote command outlived its timeout (the channel is closed)."""
-
-    retryable = True
 
 
 def _fmt(exc: BaseException) -> str:
