@@ -96,6 +96,7 @@ class MachineConfig(_Strict):
     key_file: Path | None = None
     password: SecretRef | None = None
     known_hosts: Path | None = None
+    ca_bundle: Path | None = Field(None, description="Windows: CA bundle of the WinRM HTTPS listener's certificate (None = system store)")
     agent_dir: str = "/opt/drbook"
     python: str = "python3"
     network: str | None = Field(None, description="source network, for the network mapping")
