@@ -178,3 +178,19 @@ def test_a_port_in_use_stops_lab_up_with_a_clear_message(tmp_path):
         assert not any(lab.services().values()), "nothing may be left half-started"
     finally:
         sock.close()
+
+
+def test_the_workload_log_reproduces_a_machine_disk_exactly(lab):
+    from lab.workload import read_log, replay
+
+    machine = next(m for m in lab["machines"] if m["name"] == "app02")
+    disk = machine["disks"][0]
+    before = Path(disk["path"]).read_bytes()
+    out = subprocess.run([sys.executable, "-m", "drbook.cli", "lab", "workload", "app02", "--rate", "20",
+                          "--seconds", "1.5", "--seed", "5"], capture_output=True, text=True, check=True)
+    log = Path(out.stderr.split("log ")[-1].strip())
+    writes = [e for e in read_log(log) if "seq" in e and "event" not in e]
+    assert len(writes) > 10
+    after = Path(disk["path"]).read_bytes()
+    assert after != before
+    assert replay(log, disk["name"], before, max(w["seq"] for w in writes)) == after
