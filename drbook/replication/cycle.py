@@ -374,6 +374,8 @@ class Receiver:
         d.read = d.size
         self.current = None
         self.next_disk += 1
+        if self.progress:
+            self.progress(self.bytes_read())
 
     def check_complete(self) -> None:
         if self.trailer is None:
