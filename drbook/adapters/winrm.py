@@ -43,9 +43,10 @@ from drbook.secrets import resolve_secret
 
 WINRM_HTTPS_PORT = 5986
 CMD_LINE_LIMIT = 8191  # cmd.exe's limit: WinRS starts commands through cmd
-# 96 KiB of file per Send: 128 KiB of base64 plus the envelope stays under the 150 KB
-# MaxEnvelopeSizekb of older Windows (2012 and later allow 500 KB).
-PUT_CHUNK = 96 * 1024
+# 64 KiB of file per Send. The line is base64 (87 KB), and pywinrm base64-encodes the Send
+# stream again (117 KB): with the envelope that stays under the 150 KB MaxEnvelopeSizekb of
+# older Windows (2012 and later allow 500 KB). 96 KiB came to 176 KB and was refused.
+PUT_CHUNK = 64 * 1024
 POWERSHELL = ["powershell.exe", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand"]
 # Progress records would arrive on stderr as CLIXML noise.
 PREAMBLE = "$ProgressPreference = 'SilentlyContinue'\n"
@@ -160,7 +161,7 @@ class WinRmShell:
         # MachineConfig.port defaults to SSH's 22; a Windows machine then means WinRM's HTTPS port.
         port = machine.port if machine.port != 22 else WINRM_HTTPS_PORT
         self.endpoint = f"https://{machine.address}:{port}/wsman"
-        self.ca_bundle = ca_bundle or getattr(machine, "ca_bundle", None)
+        self.ca_bundle = ca_bundle or machine.ca_bundle
         self.connect_timeout = connect_timeout
         self.operation_timeout = operation_timeout
         self._protocol: Protocol | None = None

@@ -74,14 +74,11 @@ def decode_encoded_command(command_line: str) -> str | None:
 
 
 def _kind(script: str | None) -> str | None:
-    if not script:
-        return None
-    for line in script.splitlines():
+    """The `# drbook:<kind>` marker among a script's first lines (after the client's preamble)."""
+    for line in (script or "").splitlines()[:5]:
         match = re.match(r"^\s*#\s*drbook:([a-z-]+)", line)
         if match:
             return match.group(1)
-        if line.strip():
-            return None
     return None
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
+import sys
 import tempfile
 import threading
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -102,6 +105,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in separate writes; without NODELAY each answer waits on
+        # the client's delayed ACK (~40 ms).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.ntlm_context = None
         self.authenticated_user: str | None = None
 
@@ -162,6 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         principal = self.ntlm_context.client_principal or ""
         self.ntlm_context = None
+        with self.server.lock:
+            self.server.handshakes += 1
         self.authenticated_user = principal.split("\\")[-1]
         return True
 
@@ -181,11 +189,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, wsman.envelope(answer_action, relates_to, answer_body))
         except wsman.WsmanFault as fault:
             self._send(fault.http_status, wsman.fault_envelope(fault, relates_to, self.server.machine_name))
+        except Exception as exc:  # a responder bug: answer it as Windows answers an internal error, and say so
+            traceback.print_exc()
+            fault = wsman.WsmanFault("w:InternalError", f"responder error: {type(exc).__name__}: {exc}", 2150858751, code="s:Receiver")
+            self._send(500, wsman.fault_envelope(fault, relates_to, self.server.machine_name))
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:  # noqa: ANN001
+        # A client that rejects our certificate or drops the connection is not our error.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def __init__(self, address, host: WindowsHost, gate: _NtlmGate, max_envelope: int) -> None:  # noqa: ANN001
         super().__init__(address, _Handler)
@@ -194,6 +211,7 @@ class _Server(ThreadingHTTPServer):
         self.max_envelope = max_envelope
         self.machine_name = "WIN-DRBOOK-LAB"
         self.shells: dict[str, _Shell] = {}
+        self.handshakes = 0  # completed NTLM authentications (one per TCP connection)
         self.lock = threading.Lock()
         self.endpoint = ""
 
@@ -308,11 +326,21 @@ class WinRmResponder:
         self._thread: threading.Thread | None = None
 
     @property
+    def handshakes(self) -> int:
+        return self._server.handshakes
+
+    @property
+    def open_shells(self) -> int:
+        return len(self._server.shells)
+
+    @property
     def url(self) -> str:
         return f"https://{self.host}:{self.port}/wsman"
 
     def start(self) -> "WinRmResponder":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="winrm-responder", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="winrm-responder", daemon=True
+        )
         self._thread.start()
         return self
 
