@@ -10,7 +10,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import azure.mgmt.compute.models as cm
 import azure.mgmt.network.models as nm
@@ -54,25 +54,44 @@ class AzuriteBlob:
                                  connection_verify=str(self.ca_bundle))
 
 
-@pytest.fixture(scope="session")
-def arm_certs(tmp_path_factory: pytest.TempPathFactory):
-    return ensure_certs(tmp_path_factory.mktemp("arm-certs"))
+# Each test module imports these fixtures, which gives every module its own session-scoped
+# definition; the services themselves are shared through the pytest config, one per run.
+_KEY = pytest.StashKey[dict]()
+
+
+def _shared(request: pytest.FixtureRequest, name: str, make):
+    cache = request.config.stash.setdefault(_KEY, {})
+    if name not in cache:
+        value, stop = make()
+        cache[name] = value
+        if stop:
+            request.config.add_cleanup(stop)
+    return cache[name]
 
 
 @pytest.fixture(scope="session")
-def arm_azurite(tmp_path_factory: pytest.TempPathFactory, arm_certs) -> Iterator[AzuriteBlob]:
-    base = tmp_path_factory.mktemp("arm-azurite")
-    port = free_port()
-    proc = Managed("azurite-blob", base)
-    proc.start([str(REPO_ROOT / "lab" / "node_modules" / ".bin" / "azurite-blob"), "--blobHost", "127.0.0.1",
-                "--blobPort", str(port), "--location", str(base / "data"), "--skipApiVersionCheck",
-                "--disableTelemetry", "--loose", "--cert", str(arm_certs.server_cert),
-                "--key", str(arm_certs.server_key)])
-    try:
-        wait_for_port(proc, "127.0.0.1", port, timeout=30)
-        yield AzuriteBlob(f"https://127.0.0.1:{port}/{ACCOUNT}", arm_certs.ca_cert)
-    finally:
-        proc.stop()
+def arm_certs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    return _shared(request, "certs", lambda: (ensure_certs(tmp_path_factory.mktemp("arm-certs")), None))
+
+
+@pytest.fixture(scope="session")
+def arm_azurite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, arm_certs) -> AzuriteBlob:
+    def make():
+        base = tmp_path_factory.mktemp("arm-azurite")
+        port = free_port()
+        proc = Managed("azurite-blob", base)
+        proc.start([str(REPO_ROOT / "lab" / "node_modules" / ".bin" / "azurite-blob"), "--blobHost", "127.0.0.1",
+                    "--blobPort", str(port), "--location", str(base / "data"), "--skipApiVersionCheck",
+                    "--disableTelemetry", "--loose", "--cert", str(arm_certs.server_cert),
+                    "--key", str(arm_certs.server_key)])
+        try:
+            wait_for_port(proc, "127.0.0.1", port, timeout=30)
+        except BaseException:
+            proc.stop()
+            raise
+        return AzuriteBlob(f"https://127.0.0.1:{port}/{ACCOUNT}", arm_certs.ca_cert), proc.stop
+
+    return _shared(request, "azurite", make)
 
 
 def start_server(certs, azurite: AzuriteBlob, state_dir: Path, sub: str, port: int = 0) -> ArmServer:
@@ -82,10 +101,13 @@ def start_server(certs, azurite: AzuriteBlob, state_dir: Path, sub: str, port: i
 
 
 @pytest.fixture(scope="session")
-def arm_server(tmp_path_factory: pytest.TempPathFactory, arm_certs, arm_azurite) -> Iterator[ArmServer]:
-    server = start_server(arm_certs, arm_azurite, tmp_path_factory.mktemp("arm-state"), str(uuid.uuid4()))
-    yield server
-    server.stop()
+def arm_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, arm_certs,
+               arm_azurite) -> ArmServer:
+    def make():
+        server = start_server(arm_certs, arm_azurite, tmp_path_factory.mktemp("arm-state"), str(uuid.uuid4()))
+        return server, server.stop
+
+    return _shared(request, "server", make)
 
 
 class Arm:

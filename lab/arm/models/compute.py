@@ -224,7 +224,8 @@ class ComputeBackend(Base):
                 raise BadRequest(f"Changing property 'creationData.{key}' is not allowed.",
                                  code="PropertyChangeNotAllowed", target=f"creationData.{key}")
         size_gb = props.get("diskSizeGB")
-        if size_gb is not None and size_gb != current["properties"]["diskSizeGB"]:
+        if size_gb is not None and (not isinstance(size_gb, int)
+                                    or size_gb * GIB != current["properties"]["diskSizeBytes"]):
             self._resize_disk(record, size_gb)
         if tags is not None:
             current["tags"] = tags
