@@ -427,6 +427,17 @@ def verify_install(shell: RemoteShell, machine: MachineConfig, version: str, sha
 # -- the push ------------------------------------------------------------------------------
 
 
+def shell_for(machine: MachineConfig) -> RemoteShell:
+    """SSH for Linux, WinRM for Windows (close it when done; both are context managers)."""
+    if machine.os == "windows":
+        from drbook.adapters.winrm import WinRmShell
+
+        return WinRmShell(machine)
+    from drbook.adapters.ssh import SshShell
+
+    return SshShell(machine)
+
+
 def _prepare_dir(shell: RemoteShell, machine: MachineConfig) -> None:
     if machine.os == "windows":
         return  # WinRmShell.put_file creates the parent directory itself

@@ -284,3 +284,12 @@ def test_render_install_script_linux_and_windows(fresh: MachineConfig):
     assert "Get-FileHash -Algorithm SHA256" in ps and "[System.IO.File]::Replace" in ps
     odd = win.model_copy(update={"agent_dir": "C:\\it's\\drbook"})
     assert "$dir = 'C:\\it''s\\drbook'" in mobility.render_install_script(odd, "1", sha)
+
+
+def test_shell_for_picks_the_adapter_by_os():
+    from drbook.adapters.winrm import WinRmShell
+
+    assert isinstance(mobility.shell_for(MachineConfig(name="l", address="127.0.0.1")), SshShell)
+    windows = MachineConfig(name="w", os="windows", address="127.0.0.1")
+    shell = mobility.shell_for(windows)
+    assert isinstance(shell, WinRmShell) and shell.endpoint == "https://127.0.0.1:5986/wsman"

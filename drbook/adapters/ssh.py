@@ -282,6 +282,8 @@ class SshShell:
         return SshProcess(self, self._channel(command))
 
     def put_file(self, local_path: str, remote_path: str, mode: int = 0o644) -> None:
+        if not Path(local_path).is_file():
+            raise FileNotFoundError(f"{local_path}: no such local file to upload")
         client = self._connected()
         with map_ssh_errors(self.machine):
             try:
