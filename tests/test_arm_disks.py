@@ -18,7 +18,8 @@ GRANT = cm.GrantAccessData(access="Read", duration_in_seconds=3600)
 
 
 def fetch(arm, url: str, range_: str | None = None) -> httpx.Response:
-    return httpx.get(url, verify=ssl.create_default_context(cafile=str(arm.ca)), headers={"Range": f"bytes={range_}"} if range_ else {}, timeout=30)
+    headers = {"Range": f"bytes={range_}"} if range_ else {}
+    return httpx.get(url, verify=ssl.create_default_context(cafile=str(arm.ca)), headers=headers, timeout=30)
 
 
 def _setup(arm):
@@ -124,8 +125,8 @@ def test_import_refuses_bad_sources(arm):
         arm.import_disk("elsewhere", "https://example.invalid/acct/c/x.vhd", account.id).result(timeout=20)
     assert exc.value.error.code == "InvalidParameter"
     with pytest.raises(HttpResponseError) as exc:
-        arm.compute.disks.begin_create_or_update("rg", "noacct", cm.Disk(location=LOCATION, creation_data=cm.CreationData(
-            create_option="Import", source_uri=good))).result(timeout=20)
+        arm.compute.disks.begin_create_or_update("rg", "noacct", cm.Disk(
+            location=LOCATION, creation_data=cm.CreationData(create_option="Import", source_uri=good))).result(20)
     assert exc.value.error.code == "InvalidParameter" and "storageAccountId" in exc.value.error.message
     with pytest.raises(HttpResponseError) as exc:
         arm.import_disk("ghost", good.split("?")[0].replace("good.vhd", "ghost.vhd"), account.id).result(timeout=20)
@@ -158,8 +159,9 @@ def test_snapshot_then_copy(arm):
     assert exc.value.error.code == "NotFound"
     arm.rg("far", location="northeurope")
     with pytest.raises(HttpResponseError) as exc:
-        arm.compute.disks.begin_create_or_update("far", "x", cm.Disk(location="northeurope", creation_data=cm.CreationData(
-            create_option="Copy", source_resource_id=snap.id))).result(timeout=20)
+        arm.compute.disks.begin_create_or_update("far", "x", cm.Disk(
+            location="northeurope", creation_data=cm.CreationData(create_option="Copy", source_resource_id=snap.id))) \
+            .result(timeout=20)
     assert exc.value.error.code == "InvalidParameter"
 
 

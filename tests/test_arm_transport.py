@@ -101,7 +101,8 @@ def test_tls_is_verified_against_the_lab_ca(arm):
 def test_lro_headers_and_operation_status_progress(arm):
     arm.rg("rg")
     arm.control.set_operation("Microsoft.Compute/disks/write", duration=0.6)
-    disk_path = f"/subscriptions/{arm.sub}/resourceGroups/rg/providers/Microsoft.Compute/disks/{{}}?api-version=2026-03-02"
+    disk_path = (f"/subscriptions/{arm.sub}/resourceGroups/rg/providers/Microsoft.Compute/disks/{{}}"
+                 "?api-version=2026-03-02")
     path = disk_path.format("d1")
     status, headers, body = call(arm, "PUT", path, {"location": LOCATION, "properties": {
         "creationData": {"createOption": "Empty"}, "diskSizeGB": 1}})
@@ -235,3 +236,42 @@ def test_run_command_control_endpoints(arm):
     assert recorded[-1]["script"] == ["echo $1", "uname -a"]
     assert recorded[-1]["parameters"] == [{"name": "arg1", "value": "x"}]
     assert recorded[-1]["vmName"] == "vm1"
+
+
+def test_python_m_lab_arm_runs_until_sigterm_and_keeps_its_state(arm_certs, arm_azurite, tmp_path):
+    """The interface the lab calls: every flag, HTTPS with the lab CA, state on disk after SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    from lab.arm.control import ArmLabControl
+    from lab.paths import REPO_ROOT
+    from tests.arm_fixtures import ACCOUNT, KEY, free_port
+
+    port, sub = free_port(), str(uuid.uuid4())
+    argv = [sys.executable, "-m", "lab.arm", "--host", "127.0.0.1", "--port", str(port),
+            "--cert", str(arm_certs.server_cert), "--key", str(arm_certs.server_key),
+            "--state-dir", str(tmp_path / "state"), "--subscription-id", sub, "--location", LOCATION,
+            "--blob-endpoint", arm_azurite.endpoint, "--blob-account", ACCOUNT, "--blob-key", KEY,
+            "--ca-bundle", str(arm_certs.ca_cert)]
+    proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        control = ArmLabControl(f"https://127.0.0.1:{port}", arm_certs.ca_cert)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert control.health()["subscriptionId"] == sub
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        client = ResourceManagementClient(StaticTokenCredential(), sub, base_url=f"https://127.0.0.1:{port}",
+                                          connection_verify=str(arm_certs.ca_cert))
+        client.resource_groups.create_or_update("persisted", {"location": LOCATION})
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert "persisted" in state["subscriptions"][sub]["resourceGroups"]

@@ -114,6 +114,11 @@ def test_disk_with_active_sas_cannot_be_attached(arm):
     assert exc.value.error.code == "OperationNotAllowed" and "ActiveSAS" in exc.value.error.message
 
 
+def _data_disk(arm, i: int, lun: int) -> cm.DataDisk:
+    disk = arm.disk("rg", f"d{i}", os_type=None)
+    return cm.DataDisk(lun=lun, create_option="Attach", managed_disk=cm.ManagedDiskParameters(id=disk.id))
+
+
 @pytest.mark.parametrize("case", ["size", "disk-location", "nic-location", "data-disks", "missing-disk",
                                   "duplicate-lun", "os-profile", "no-nic"])
 def test_vm_refusals(arm, case):
@@ -134,15 +139,13 @@ def test_vm_refusals(arm, case):
         body.network_profile.network_interfaces[0].id = arm.nic(far_subnet.id, "far", "n", location="northeurope").id
     elif case == "data-disks":
         body.hardware_profile.vm_size = "Standard_B1s"  # two data disks at most
-        body.storage_profile.data_disks = [cm.DataDisk(lun=i, create_option="Attach", managed_disk=cm.ManagedDiskParameters(
-            id=arm.disk("rg", f"d{i}", os_type=None).id)) for i in range(3)]
+        body.storage_profile.data_disks = [_data_disk(arm, i, i) for i in range(3)]
         expected = ("OperationNotAllowed", 409)
     elif case == "missing-disk":
         body.storage_profile.os_disk.managed_disk.id = os_disk.id + "-gone"
         expected = ("NotFound", 404)
     elif case == "duplicate-lun":
-        body.storage_profile.data_disks = [cm.DataDisk(lun=0, create_option="Attach", managed_disk=cm.ManagedDiskParameters(
-            id=arm.disk("rg", f"d{i}", os_type=None).id)) for i in range(2)]
+        body.storage_profile.data_disks = [_data_disk(arm, i, 0) for i in range(2)]
     elif case == "os-profile":
         body.os_profile = cm.OSProfile(computer_name="x", admin_username="azureuser")
     elif case == "no-nic":

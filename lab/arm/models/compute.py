@@ -108,7 +108,6 @@ class ComputeBackend(Base):
         return {**body, "properties": {**body["properties"], "diskState": state}}
 
     def disk_put_plan(self, kind: str, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply | DiskPlan:
-        type_name = f"{NS}/{kind}"
         rid, existing, location, tags = self.prepare_put(sub, rg, NS, kind, name, body)
         props = body.get("properties") or {}
         data = props.get("creationData") or {}
@@ -614,7 +613,7 @@ class ComputeBackend(Base):
         for disk in [checked["os_disk"], *(d for _, d in checked["data"])]:
             disk["body"]["managedBy"] = vm_id
             self.save(disk)
-        for entry, (_, nic) in zip(network["networkInterfaces"], checked["nics"]):
+        for entry, (_, nic) in zip(network["networkInterfaces"], checked["nics"], strict=True):
             nprops = nic["body"]["properties"]
             nprops["virtualMachine"] = {"id": vm_id}
             nprops["primary"] = entry["properties"]["primary"]

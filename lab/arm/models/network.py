@@ -329,7 +329,7 @@ class NetworkBackend(Base):
         props.setdefault("enableDdosProtection", False)
         props.update({"provisioningState": "Updating", "addressSpace": {"addressPrefixes": list(space)},
                       "subnets": subnets, "virtualNetworkPeerings": peerings,
-                      "resourceGuid": existing["body"]["properties"]["resourceGuid"] if existing else str(uuid.uuid4())})
+                      "resourceGuid": _guid(existing)})
         record = existing or self.new_record(rid, location, tags, props, etag=etag())
         record["body"].update({"tags": tags, "properties": props, "etag": etag()})
         return self._net_accept(record, str(rid), existing is None, f"{NS}/virtualNetworks/write",
@@ -521,7 +521,7 @@ class NetworkBackend(Base):
             props.pop(computed, None)
         props.update({"securityRules": rules, "defaultSecurityRules": self._default_rules(rid),
                       "provisioningState": "Updating",
-                      "resourceGuid": existing["body"]["properties"]["resourceGuid"] if existing else str(uuid.uuid4())})
+                      "resourceGuid": _guid(existing)})
         record = existing or self.new_record(rid, location, tags, props, etag=etag())
         record["body"].update({"tags": tags, "properties": props, "etag": etag()})
         return self._net_accept(record, str(rid), existing is None, f"{NS}/networkSecurityGroups/write",
@@ -567,7 +567,7 @@ class NetworkBackend(Base):
             props.pop(computed, None)
         props.update({"publicIPAllocationMethod": method, "publicIPAddressVersion": "IPv4",
                       "idleTimeoutInMinutes": props.get("idleTimeoutInMinutes", 4), "provisioningState": "Updating",
-                      "resourceGuid": existing["body"]["properties"]["resourceGuid"] if existing else str(uuid.uuid4())})
+                      "resourceGuid": _guid(existing)})
         if method == "Static":
             props["ipAddress"] = old_ip or self._new_public_ip()
         elif old_ip:
@@ -723,7 +723,7 @@ class NetworkBackend(Base):
         props.setdefault("enableIPForwarding", False)
         props.setdefault("dnsSettings", {"dnsServers": [], "appliedDnsServers": []})
         props.update({"ipConfigurations": built, "nicType": "Standard", "provisioningState": "Updating",
-                      "resourceGuid": existing["body"]["properties"]["resourceGuid"] if existing else str(uuid.uuid4()),
+                      "resourceGuid": _guid(existing),
                       **keep_fields})
         record = existing or self.new_record(rid, location, tags, props, etag=etag())
         record["body"].update({"tags": tags, "properties": props, "etag": etag()})
@@ -750,6 +750,10 @@ class NetworkBackend(Base):
         if body["type"] == f"{NS}/virtualNetworks":
             for peering in body["properties"].get("virtualNetworkPeerings") or []:
                 self._peering_lost(record, peering)
+
+
+def _guid(existing: dict[str, Any] | None) -> str:
+    return existing["body"]["properties"]["resourceGuid"] if existing else str(uuid.uuid4())
 
 
 def _op_type(target_id: str, verb: str) -> str:
