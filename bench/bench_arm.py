@@ -11,6 +11,7 @@ with the emulator's default operation time (0.05 s). The emulator runs as `pytho
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def main() -> int:
         if proc:
             proc.terminate()
             proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

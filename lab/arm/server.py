@@ -127,7 +127,18 @@ class _TLSServer(ThreadingHTTPServer):
     def __init__(self, address, ssl_context: ssl.SSLContext, backend: ArmBackend) -> None:
         self.ssl_context = ssl_context
         self.backend = backend
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def close_connections(self) -> None:
+        """Drop kept-alive connections, so no request reaches a stopped server's backend."""
+        with self.connections_lock:
+            for conn in list(self.connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def finish_request(self, request, client_address) -> None:
         # The TLS handshake runs here, in the connection's own thread, not in the accept loop.
@@ -137,12 +148,16 @@ class _TLSServer(ThreadingHTTPServer):
             tls = self.ssl_context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
             return
+        with self.connections_lock:
+            self.connections.add(tls)
         try:
             tls.settimeout(None)
             self.RequestHandlerClass(tls, client_address, self)
-        except (ConnectionError, ssl.SSLError, TimeoutError):
+        except (OSError, ssl.SSLError):
             pass
         finally:
+            with self.connections_lock:
+                self.connections.discard(tls)
             try:
                 tls.close()
             except OSError:
@@ -189,6 +204,7 @@ class ArmServer:
         if self._server:
             self._server.shutdown()
             self._server.server_close()
+            self._server.close_connections()
             self._server = None
         if self.backend:
             self.backend.store.close()

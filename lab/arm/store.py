@@ -91,6 +91,8 @@ class Store:
             loaded = json.loads(self.path.read_text())
             if loaded.get("format") == FORMAT:
                 self.data = loaded
+            else:
+                log.warning("%s has format %s, not %s: starting empty", self.path, loaded.get("format"), FORMAT)
         self.persister = Persister(self.path, self._dump) if self.path else None
 
     def _dump(self) -> str:
