@@ -50,9 +50,9 @@ def drbook(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _fresh_recovery_site(lab) -> None:
     """Forget what an earlier demo left in the lab's Azure (ARM state, drbook containers)."""
-    from lab.arm.control import ArmControl
+    from lab.arm.control import ArmLabControl
 
-    ArmControl(lab.status()["arm"]["base_url"], lab.certs.ca_cert).reset()
+    ArmLabControl(lab.status()["arm"]["base_url"], lab.certs.ca_cert).reset()
     from drbook.adapters.blobstore import blob_service_from
 
     st = lab.status()

@@ -53,9 +53,9 @@ def site(site_path):
 
 @pytest.fixture(scope="module")
 def arm(lab):
-    from lab.arm.control import ArmControl
+    from lab.arm.control import ArmLabControl
 
-    control = ArmControl(lab["arm"]["base_url"], lab["ca_bundle"])
+    control = ArmLabControl(lab["arm"]["base_url"], lab["ca_bundle"])
     yield control
     control.clear_faults()
 
@@ -156,8 +156,8 @@ def test_a_second_failover_of_a_machine_is_refused_while_one_runs(site_path):
 
 
 def test_failed_provisioning_rolls_back_with_nothing_leaked(site, site_path, arm):
-    arm.fail_operation("Microsoft.Compute/virtualMachines/write", code="OSProvisioningTimedOut",
-                       message="lab: provisioning failed")
+    arm.inject_fault("Microsoft.Compute/virtualMachines/write", fail_provisioning=1, error_code="OSProvisioningTimedOut",
+                     error_message="lab: provisioning failed")
     try:
         thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60,
                                     site_path=site_path)
@@ -175,8 +175,8 @@ def test_failed_provisioning_rolls_back_with_nothing_leaked(site, site_path, arm
 
 
 def test_transient_arm_faults_still_end_in_a_completed_failover_then_commit(site, site_path, arm):
-    arm.inject("Microsoft.Compute/disks/write", status=500, times=1)
-    arm.inject("Microsoft.Network/networkInterfaces/write", status=429, times=1, retry_after=1)
+    arm.inject_fault("Microsoft.Compute/disks/write", server_error=1)
+    arm.inject_fault("Microsoft.Network/networkInterfaces/write", throttle=1, retry_after=1)
     try:
         thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60,
                                     site_path=site_path)

@@ -9,6 +9,9 @@ import hashlib
 import time
 from typing import Callable, Literal
 
+from azure.mgmt.compute import models as cm
+from azure.mgmt.network import models as nm
+from azure.mgmt.resource.resources.models import ResourceGroup
 from azure.storage.blob import BlobClient, BlobSasPermissions, generate_blob_sas
 from pydantic import BaseModel
 
@@ -80,7 +83,7 @@ def _id(site: SiteConfig, rg: str, provider: str, name: str) -> str:
 # -- resource group --------------------------------------------------------------------------
 def ensure_resource_group(clients: AzureClients, name: str, location: str, tags: dict[str, str]) -> None:
     with map_azure_errors(f"create resource group {name}"):
-        clients.resource.resource_groups.create_or_update(name, {"location": location, "tags": tags})
+        clients.resource.resource_groups.create_or_update(name, ResourceGroup(location=location, tags=tags))
 
 
 # -- disks -----------------------------------------------------------------------------------
@@ -131,13 +134,11 @@ def import_disk(site: SiteConfig, clients: AzureClients, blob_service, plan: Mac
         return existing.id
     source = stage_snapshot(site, blob_service, plan, disk)
     account_id = _id(site, site.azure.resource_group, "Microsoft.Storage/storageAccounts", site.azure.storage_account)
-    body = {
-        "location": plan.location,
-        "tags": plan.tags,
-        "sku": {"name": "Premium_LRS"},
-        "os_type": "Linux" if disk is plan.disks[0] else None,
-        "creation_data": {"create_option": "Import", "source_uri": source, "storage_account_id": account_id},
-    }
+    body = cm.Disk(
+        location=plan.location, tags=plan.tags, sku=cm.DiskSku(name="Premium_LRS"),
+        os_type="Linux" if disk is plan.disks[0] else None,
+        creation_data=cm.CreationData(create_option="Import", source_uri=source, storage_account_id=account_id),
+    )
     try:
         with map_azure_errors(f"import disk {disk.name}"):
             result = clients.compute.disks.begin_create_or_update(plan.resource_group, disk.name, body).result()
@@ -178,7 +179,7 @@ def verify_disk(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk
     pd = disk.point_disk
     with map_azure_errors(f"grant access to {disk.name}"):
         access = clients.compute.disks.begin_grant_access(
-            plan.resource_group, disk.name, {"access": "Read", "duration_in_seconds": 3600}
+            plan.resource_group, disk.name, cm.GrantAccessData(access="Read", duration_in_seconds=3600)
         ).result()
     try:
         reader = BlobClient.from_blob_url(access.access_sas, connection_verify=str(site.azure.ca_bundle) if site.azure.ca_bundle else True)
@@ -222,12 +223,12 @@ def require_verified(results: list[DiskVerification], machine: str) -> None:
 def create_nic(site: SiteConfig, clients: AzureClients, plan: MachinePlan) -> tuple[str, str]:
     subnet_id = _id(site, plan.network_resource_group, "Microsoft.Network/virtualNetworks",
                     f"{plan.nic.vnet}/subnets/{plan.nic.subnet}")
-    ipcfg = {"name": "ipconfig1", "subnet": {"id": subnet_id}, "primary": True}
-    if plan.nic.static_ip:
-        ipcfg.update(private_ip_allocation_method="Static", private_ip_address=plan.nic.static_ip)
-    else:
-        ipcfg.update(private_ip_allocation_method="Dynamic")
-    body = {"location": plan.location, "tags": plan.tags, "ip_configurations": [ipcfg]}
+    ipcfg = nm.NetworkInterfaceIPConfiguration(
+        name="ipconfig1", subnet=nm.Subnet(id=subnet_id), primary=True,
+        private_ip_allocation_method="Static" if plan.nic.static_ip else "Dynamic",
+        private_ip_address=plan.nic.static_ip,
+    )
+    body = nm.NetworkInterface(location=plan.location, tags=plan.tags, ip_configurations=[ipcfg])
     with map_azure_errors(f"create NIC {plan.nic_name}"):
         nic = clients.network.network_interfaces.begin_create_or_update(plan.resource_group, plan.nic_name, body).result()
     return nic.id, nic.ip_configurations[0].private_ip_address
@@ -235,20 +236,20 @@ def create_nic(site: SiteConfig, clients: AzureClients, plan: MachinePlan) -> tu
 
 def create_vm(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk_ids: list[str], nic_id: str) -> str:
     os_disk, data_disks = disk_ids[0], disk_ids[1:]
-    body = {
-        "location": plan.location,
-        "tags": plan.tags,
-        "hardware_profile": {"vm_size": plan.size},
-        "storage_profile": {
-            "os_disk": {"os_type": "Linux", "create_option": "Attach", "managed_disk": {"id": os_disk}, "name": plan.disks[0].name},
-            "data_disks": [
-                {"lun": lun, "create_option": "Attach", "managed_disk": {"id": did}, "name": plan.disks[lun + 1].name}
-                for lun, did in enumerate(data_disks)
-            ],
-        },
-        "network_profile": {"network_interfaces": [{"id": nic_id, "primary": True}]},
-        "diagnostics_profile": {"boot_diagnostics": {"enabled": True}},
-    }
+    body = cm.VirtualMachine(
+        location=plan.location,
+        tags=plan.tags,
+        hardware_profile=cm.HardwareProfile(vm_size=plan.size),
+        storage_profile=cm.StorageProfile(
+            os_disk=cm.OSDisk(os_type="Linux", create_option="Attach", name=plan.disks[0].name,
+                              managed_disk=cm.ManagedDiskParameters(id=os_disk)),
+            data_disks=[cm.DataDisk(lun=lun, create_option="Attach", name=plan.disks[lun + 1].name,
+                                    managed_disk=cm.ManagedDiskParameters(id=did))
+                        for lun, did in enumerate(data_disks)],
+        ),
+        network_profile=cm.NetworkProfile(network_interfaces=[cm.NetworkInterfaceReference(id=nic_id, primary=True)]),
+        diagnostics_profile=cm.DiagnosticsProfile(boot_diagnostics=cm.BootDiagnostics(enabled=True)),
+    )
     with map_azure_errors(f"create VM {plan.vm_name}"):
         vm = clients.compute.virtual_machines.begin_create_or_update(plan.resource_group, plan.vm_name, body).result()
     return vm.id
@@ -274,7 +275,7 @@ def start_vm(clients: AzureClients, plan: MachinePlan) -> str:
 def run_script(clients: AzureClients, plan: MachinePlan, script: str) -> str:
     with map_azure_errors(f"run command on {plan.vm_name}"):
         result = clients.compute.virtual_machines.begin_run_command(
-            plan.resource_group, plan.vm_name, {"command_id": "RunShellScript", "script": script.splitlines()}
+            plan.resource_group, plan.vm_name, cm.RunCommandInput(command_id="RunShellScript", script=script.splitlines())
         ).result()
     return "\n".join((v.message or "") for v in (result.value or []))
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from azure.mgmt.network.models import AddressSpace, NetworkSecurityGroup, SecurityRule, Subnet, VirtualNetwork
+from azure.mgmt.resource.resources.models import ResourceGroup
+from azure.mgmt.storage.models import Sku as StorageSku
+from azure.mgmt.storage.models import StorageAccountCreateParameters
 from pydantic import BaseModel
 
 from drbook.adapters.azure import AzureClients, map_azure_errors
@@ -162,12 +166,12 @@ def apply(site: SiteConfig, clients: AzureClients, blob_service, steps: list[Ste
     sub = site.azure.subscription_id
     if ("resource group", rg) in todo:
         with map_azure_errors(f"create resource group {rg}"):
-            clients.resource.resource_groups.create_or_update(rg, {"location": loc, "tags": TAGS})
+            clients.resource.resource_groups.create_or_update(rg, ResourceGroup(location=loc, tags=TAGS))
     if ("storage account", want.storage_account) in todo:
         with map_azure_errors(f"create storage account {want.storage_account}"):
             clients.storage.storage_accounts.begin_create(
                 rg, want.storage_account,
-                {"location": loc, "kind": "StorageV2", "sku": {"name": "Standard_LRS"}, "tags": TAGS},
+                StorageAccountCreateParameters(location=loc, kind="StorageV2", sku=StorageSku(name="Standard_LRS"), tags=TAGS),
             ).result()
     for name in want.containers:
         if ("blob container", name) in todo:
@@ -177,36 +181,28 @@ def apply(site: SiteConfig, clients: AzureClients, blob_service, steps: list[Ste
                 blob_service.create_container(name)
     for nsg in want.nsgs:
         if ("network security group", nsg.name) in todo:
-            body = {
-                "location": loc,
-                "tags": TAGS,
-                "security_rules": [
-                    {
-                        "name": r.name, "priority": r.priority, "direction": r.direction, "access": r.access,
-                        "protocol": "*", "source_address_prefix": r.source, "destination_address_prefix": r.destination,
-                        "source_port_range": "*", "destination_port_range": "*",
-                    }
-                    for r in nsg.rules
-                ],
-            }
+            body = NetworkSecurityGroup(location=loc, tags=TAGS, security_rules=[
+                SecurityRule(name=r.name, priority=r.priority, direction=r.direction, access=r.access, protocol="*",
+                             source_address_prefix=r.source, destination_address_prefix=r.destination,
+                             source_port_range="*", destination_port_range="*")
+                for r in nsg.rules
+            ])
             with map_azure_errors(f"create NSG {nsg.name}"):
                 clients.network.network_security_groups.begin_create_or_update(rg, nsg.name, body).result()
     for v in want.vnets:
         if ("virtual network", v.name) not in todo:
             continue
         nsg_ref = (
-            {"id": f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkSecurityGroups/{v.nsg}"}
+            NetworkSecurityGroup(id=f"/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Network/networkSecurityGroups/{v.nsg}")
             if v.nsg else None
         )
-        body = {
-            "location": loc,
-            "tags": {**TAGS, "drbook-network": "test" if v.isolated else "production"},
-            "address_space": {"address_prefixes": v.address_space},
-            "subnets": [
-                {"name": name, "address_prefix": prefix, **({"network_security_group": nsg_ref} if nsg_ref else {})}
-                for name, prefix in v.subnets.items()
-            ],
-        }
+        body = VirtualNetwork(
+            location=loc,
+            tags={**TAGS, "drbook-network": "test" if v.isolated else "production"},
+            address_space=AddressSpace(address_prefixes=v.address_space),
+            subnets=[Subnet(name=name, address_prefix=prefix, network_security_group=nsg_ref)
+                     for name, prefix in v.subnets.items()],
+        )
         with map_azure_errors(f"create virtual network {v.name}"):
             clients.network.virtual_networks.begin_create_or_update(rg, v.name, body).result()
     return steps
