@@ -167,21 +167,24 @@ class ReplicationEngine:
         """Register the machine as a protected item (if new), run the initial full copy and
         move it to protected. Idempotent: an item already protected is returned as is."""
         pol = Policy(**policy.model_dump()) if isinstance(policy, PolicyConfig) else (policy or Policy())
+        disks = [ProtectedDisk(name=d.name, path=d.path, size_bytes=d.size_bytes or 0,
+                               block_size=self.settings.block_size,
+                               replica_container=self.site.azure.containers.replicas,
+                               replica_blob=replica_blob_name(machine.name, d.name),
+                               resync_required=True, resync_reason="initial copy")
+                 for d in machine.disks]
+        if not disks:
+            raise PreflightError(f"machine {machine.name!r} has no disks in the site config")
         item = self.vault.find_item(machine.name)
         if item is None:
-            item = ProtectedItem(
-                name=machine.name, machine=machine.name, vm_name=machine.vm_name, os=machine.os, policy=pol,
-                group=group,
-                disks=[ProtectedDisk(name=d.name, path=d.path, size_bytes=d.size_bytes or 0,
-                                     block_size=self.settings.block_size,
-                                     replica_container=self.site.azure.containers.replicas,
-                                     replica_blob=replica_blob_name(machine.name, d.name),
-                                     resync_required=True, resync_reason="initial copy")
-                       for d in machine.disks],
-            )
-            if not item.disks:
-                raise PreflightError(f"machine {machine.name!r} has no disks in the site config")
+            item = ProtectedItem(name=machine.name, machine=machine.name, vm_name=machine.vm_name, os=machine.os,
+                                 policy=pol, group=group, disks=disks)
             self.vault.save_item(item)
+        elif item.state == ItemState.UNPROTECTED:
+            # Registered by the agent push (which knows no disks), or disabled before: what
+            # is protected now is what the site config says.
+            item = self.vault.update(f"items/{machine.name}.json", ProtectedItem, lambda i: i.model_copy(
+                update={"disks": disks, "policy": pol, "group": group, "vm_name": machine.vm_name}))
         if item.state == ItemState.UNPROTECTED:
             item = self.vault.transition(machine.name, ItemState.INITIAL_REPLICATION, reason="enable replication")
         if item.state == ItemState.INITIAL_REPLICATION:
@@ -240,7 +243,7 @@ class ReplicationEngine:
                     rep.tail_ok = replicas.read(d.blob, d.snapshot, manifest.disk_size, pad).count(0) == pad
             except DRError as exc:
                 rep.error = str(exc)
-        return VerifyReport(item=item, point_id=point_id, ok=all(r.ok for r in reports), disks=reports,
+        return VerifyReport(item=item, point_id=point_id, ok=bool(reports) and all(r.ok for r in reports), disks=reports,
                             bytes_read=done[0], seconds=round(time.monotonic() - started, 3))
 
     def apply_retention(self, item: str, now: dt.datetime | None = None, *, dry_run: bool = False,
@@ -326,6 +329,8 @@ class ReplicationEngine:
         item = self.vault.item(name)
         if item.state not in REPLICATING:
             raise PreflightError(f"item {name!r} is {item.state.value}; cycles run only while initial-replication or protected")
+        if not item.disks:
+            raise PreflightError(f"item {name!r} has no disks to replicate")
         machine = self.site.machine(item.machine)
         layout = self.settings.layout
         disks = []
