@@ -250,3 +250,14 @@ def test_nothing_listening_is_a_retryable_connect_error(box: MachineConfig):
     with pytest.raises(ConnectError) as err:
         SshShell(box.model_copy(update={"address": address}), connect_timeout=3).run("true")
     assert err.value.retryable and address in str(err.value)
+
+
+def test_writing_to_an_ended_command_is_a_drbook_error(shell: SshShell):
+    proc = shell.open_process("exit 0")
+    assert proc.wait(timeout=10) == 0
+    deadline = time.monotonic() + 5
+    while not proc._channel.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(RemoteExecError):  # not paramiko's or the socket's exception
+        proc.stdin.write(b"x" * 1024 * 1024)
+        proc.stdin.flush()

@@ -112,18 +112,44 @@ def _transport_factory(sock, **kwargs) -> paramiko.Transport:  # noqa: ANN001
 
 
 class _ChannelReader(io.RawIOBase):
-    """A raw binary reader over a channel's stdout; wrapped in a BufferedReader for read(n)."""
+    """A channel's stdout as a raw reader (wrapped in a BufferedReader for read(n)); paramiko's
+    own makefile('rb') copies its buffer on every read, quadratic for multi-MiB reads."""
 
-    def __init__(self, channel: paramiko.Channel) -> None:
+    def __init__(self, channel: paramiko.Channel, machine: MachineConfig) -> None:
         self._channel = channel
+        self._machine = machine
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # noqa: ANN001
-        data = self._channel.recv(len(buffer))
+        with map_ssh_errors(self._machine):
+            data = self._channel.recv(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+class _ChannelWriter(io.RawIOBase):
+    """A channel's stdin as a raw writer: close() sends EOF (shutdown_write), as
+    makefile_stdin does, and errors are translated here rather than leaking paramiko's."""
+
+    def __init__(self, channel: paramiko.Channel, machine: MachineConfig) -> None:
+        self._channel = channel
+        self._machine = machine
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001
+        with map_ssh_errors(self._machine):
+            self._channel.sendall(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            with map_ssh_errors(self._machine):
+                self._channel.shutdown_write()
 
 
 class _StderrDrain(threading.Thread):
@@ -156,8 +182,9 @@ class SshProcess:
     def __init__(self, shell: "SshShell", channel: paramiko.Channel) -> None:
         self._shell = shell
         self._channel = channel
-        self.stdin = channel.makefile_stdin("wb")  # close() sends EOF (shutdown_write)
-        self.stdout = io.BufferedReader(_ChannelReader(channel), buffer_size=READ_CHUNK)
+        machine = shell.machine
+        self.stdin = io.BufferedWriter(_ChannelWriter(channel, machine), buffer_size=256 * 1024)  # close() = EOF
+        self.stdout = io.BufferedReader(_ChannelReader(channel, machine), buffer_size=READ_CHUNK)
         self._stderr = _StderrDrain(channel)
         self._stderr.start()
 
