@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from tests.blob_fixtures import azurite, azurite_blob  # noqa: F401  (fixtures)

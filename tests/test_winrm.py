@@ -22,7 +22,7 @@ from drbook.errors import AuthenticationError, ConnectError, HostKeyError, Prefl
 from lab.ca import ensure_certs
 from lab.paths import REPO_ROOT
 from lab.procs import port_in_use
-from lab.winrm import Answer, WindowsHost, WinRmResponder
+from lab.winrm import Answer, WinRmResponder
 
 USER = "Administrator"
 PASSWORD = "Lab-Pa55word!"
