@@ -54,11 +54,12 @@ def test_failover_flow(machines: list[str], point: str = pointlib.LATEST_PROCESS
             t.ensure_resource_group(sp, rg, {TAG_RUN: run_id, "drbook-drill": drill_id})
             rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started), plans)
     except BaseException as exc:
+        error = str(exc)
         leftovers = t.sweep_run(sp, run_id)
         _delete_group(site, rg)
         site.vault.update(drill_key(drill_id), DrillRecord,
                           lambda r: r.model_copy(update={"status": "failed", "finished": utcnow(),
-                                                         "report": {**r.report, "error": str(exc), "swept": leftovers}}))
+                                                         "report": {**r.report, "error": error, "swept": leftovers}}))
         raise
     finished = utcnow()
     html = write_html(site.path.parent / "reports" / f"{drill_id}.html", kind="drill", run_label=drill_id, rows=rows,

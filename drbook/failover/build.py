@@ -7,12 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
+from urllib.parse import quote
 from typing import Callable, Literal
 
 from azure.mgmt.compute import models as cm
 from azure.mgmt.network import models as nm
 from azure.mgmt.resource.resources.models import ResourceGroup
-from azure.storage.blob import BlobClient, BlobSasPermissions, generate_blob_sas
+from azure.storage.blob import BlobClient
 from pydantic import BaseModel
 
 from drbook.adapters.azure import AzureClients, map_azure_errors
@@ -23,7 +24,6 @@ from drbook.failover.network import NicPlan
 from drbook.failover.prepare import imports_container
 from drbook.models import PointDisk, RecoveryPoint
 from drbook.replication.manifest import Manifest
-from drbook.secrets import resolve_secret
 
 TAG_ITEM = "drbook-item"
 TAG_RUN = "drbook-run"
@@ -87,22 +87,9 @@ def ensure_resource_group(clients: AzureClients, name: str, location: str, tags:
 
 
 # -- disks -----------------------------------------------------------------------------------
-def _account_key(site: SiteConfig) -> str:
-    if site.azure.storage_key is None:
-        raise AzureError("staging a disk import needs the storage account key (azure.storage_key)")
-    return resolve_secret(site.azure.storage_key).get_secret_value()
-
-
-def _sas_url(site: SiteConfig, container: str, blob: str, snapshot: str | None, minutes: int = 60) -> str:
-    sas = generate_blob_sas(
-        account_name=site.azure.storage_account, container_name=container, blob_name=blob, snapshot=snapshot,
-        account_key=_account_key(site), permission=BlobSasPermissions(read=True),
-        expiry=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=minutes),
-    )
-    url = f"{site.azure.blob_endpoint.rstrip('/')}/{container}/{blob}?"
-    if snapshot:
-        url += f"snapshot={snapshot}&"
-    return url + sas
+def _blob_url(site: SiteConfig, container: str, blob: str, snapshot: str | None) -> str:
+    url = f"{site.azure.blob_endpoint.rstrip('/')}/{quote(container)}/{quote(blob)}"
+    return url + (f"?snapshot={quote(snapshot)}" if snapshot else "")
 
 
 def staging_blob_name(plan: MachinePlan, disk: DiskPlan) -> str:
@@ -110,11 +97,12 @@ def staging_blob_name(plan: MachinePlan, disk: DiskPlan) -> str:
 
 
 def stage_snapshot(site: SiteConfig, blob_service, plan: MachinePlan, disk: DiskPlan, timeout: float = 600) -> str:
-    """Copy the point's blob snapshot to a page blob of its own (server-side) for the import."""
+    """Copy the point's blob snapshot to a page blob of its own (server-side) for the import.
+    The source is in the same account, so the destination's Shared Key authorizes it (no SAS)."""
     pd = disk.point_disk
     dest = blob_service.get_blob_client(imports_container(site), staging_blob_name(plan, disk))
     with map_blob_errors():
-        dest.start_copy_from_url(_sas_url(site, pd.container, pd.blob, pd.snapshot))
+        dest.start_copy_from_url(_blob_url(site, pd.container, pd.blob, pd.snapshot))
         deadline = time.monotonic() + timeout
         while True:
             props = dest.get_blob_properties()
