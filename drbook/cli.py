@@ -271,9 +271,9 @@ def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json:
 def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-processed", "--point"),
                       as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
     """Drill: bring machines up from a point in the isolated test network, verify, report."""
-    from flows.test_failover import test_failover_flow
+    from flows.test_failover import drill_flow
 
-    result = test_failover_flow(machines, point=point, site_path=_site_path(site))
+    result = drill_flow(machines, point=point, site_path=_site_path(site))
     if as_json:
         emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"],
                    "results": result["results"]})
@@ -285,9 +285,9 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
 @app.command("test-failover-cleanup")
 def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt) -> None:
     """Delete everything a drill made, and prove nothing is left."""
-    from flows.test_failover import test_failover_cleanup_flow
+    from flows.test_failover import drill_cleanup_flow
 
-    result = test_failover_cleanup_flow(drill_id, site_path=_site_path(site))
+    result = drill_cleanup_flow(drill_id, site_path=_site_path(site))
     out.print(f"{drill_id}: deleted {len(result['deleted'])} resources and resource group "
               f"{result['resource_group_deleted']}; nothing tagged with the drill is left")
 
@@ -383,6 +383,7 @@ def _print_lab(status: dict) -> None:
         "arm": status["arm"]["base_url"],
         "vcenter": status["vcenter"]["url"],
         "prefect": status["prefect"]["ui_url"],
+        "winrm": f"https://{status['winrm']['host']}:{status['winrm']['port']}/wsman (a stand-in for Windows)",
     }
     machines = {f"sshd-{m['name']}": f"{m['address']}:22 ({len(m['disks'])} disks)" for m in status["machines"]}
     for name, running in status["services"].items():

@@ -28,7 +28,7 @@ def drill_key(drill_id: str) -> str:
 
 
 @flow(name="test-failover", log_prints=True)
-def test_failover_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site_path: str | None = None) -> dict:
+def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site_path: str | None = None) -> dict:
     log = get_run_logger()
     site = open_site(site_path)
     sp = str(site.path)
@@ -95,7 +95,7 @@ def _delete_group(site, rg: str) -> None:
 
 
 @flow(name="test-failover-cleanup", log_prints=True)
-def test_failover_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
+def drill_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
     site = open_site(site_path)
     record = site.vault.get(drill_key(drill_id), DrillRecord)
     run_id = record.report.get("flow_run_id", "")

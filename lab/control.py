@@ -33,6 +33,7 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development key (public, documented by Microsoft); not a secret.
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 VCENTER_USER = "administrator@vsphere.local"
+WINRM_USER = "drbook"
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "-mod=mod"}
 
 Log = Callable[[str], None]
@@ -101,6 +102,7 @@ class Lab:
             keys = ensure_client_key(self.dir / "ssh")
             self._up_machines(keys, started)
             self._up_prefect(started)
+            self._up_winrm(certs, started)
             self._populate_vcenter(certs)
             status = self.status()
             self._write_site(status)
@@ -200,6 +202,21 @@ class Lab:
         ]
         self._start(m, argv, self.spec.ports.vcenter, started)
 
+    @property
+    def winrm_password_file(self) -> Path:
+        return self._secret_file("winrm-password", lambda: secrets.token_urlsafe(18))
+
+    def _up_winrm(self, certs: LabCerts, started: list[Managed]) -> None:
+        """A WS-Management responder standing in for a Windows machine (see lab/winrm/README.md)."""
+        argv = [
+            sys.executable, "-m", "lab.winrm", "--host", HOST, "--port", str(self.spec.ports.winrm),
+            "--cert", str(certs.server_cert), "--key", str(certs.server_key),
+            "--record", str(self.dir / "winrm" / "commands.jsonl"),
+            "--user", WINRM_USER, "--password-file", str(self.winrm_password_file),
+        ]
+        (self.dir / "winrm").mkdir(exist_ok=True)
+        self._start(self.managed("winrm"), argv, self.spec.ports.winrm, started)
+
     def _populate_vcenter(self, certs: LabCerts) -> None:
         from lab.vcenter import populate
 
@@ -256,7 +273,7 @@ class Lab:
         return f"http://{HOST}:{self.spec.ports.prefect}/api"
 
     def services(self) -> dict[str, bool]:
-        names = ["azurite", "arm", "vcenter", "prefect"] + [f"sshd-{m.name}" for m in self.spec.machines]
+        names = ["azurite", "arm", "vcenter", "prefect", "winrm"] + [f"sshd-{m.name}" for m in self.spec.machines]
         return {n: self.managed(n).running() for n in names}
 
     def status(self) -> dict:
@@ -292,6 +309,11 @@ class Lab:
                 "token_ref": f"file:{self.arm_token_file}",
             },
             "prefect": {"api_url": self.prefect_api_url, "ui_url": f"http://{HOST}:{self.spec.ports.prefect}"},
+            "winrm": {
+                "host": HOST, "port": self.spec.ports.winrm, "user": WINRM_USER,
+                "password_ref": f"file:{self.winrm_password_file}",
+                "record": str(self.dir / "winrm" / "commands.jsonl"),
+            },
             "site_config": str(self.dir / "site.yaml"),
             "machines": [machine_status(self.dir, m, keys) for m in self.spec.machines],
         }

@@ -15,13 +15,13 @@ from azure.storage.blob import BlobClient
 from drbook.errors import ApprovalRejected, LeaseHeldError, StateTransitionError
 from drbook.approvals import answer
 from drbook.failover.build import resources_of_run
-from drbook.failover.prepare import test_nsg_name, test_vnet_name
+from drbook.failover.prepare import isolation_nsg_name, isolated_vnet_name
 from drbook.models import ItemState
 from drbook.site import open_site
 from flows.failover import commit_flow, failover_flow
 from flows.prepare_azure import prepare_azure_flow
 from flows.replication import enable_replication_flow, replicate_flow
-from flows.test_failover import test_failover_cleanup_flow, test_failover_flow
+from flows.test_failover import drill_cleanup_flow, drill_flow
 from lab.workload import paused_seq
 from tests.lab_site import run_in_thread, site_path, start_writer, wait_for_paused_run  # noqa: F401
 
@@ -72,15 +72,15 @@ def test_prepare_azure_is_idempotent_and_isolates_the_test_network(site, site_pa
     rg = site.cfg.azure.resource_group
     prod = site.cfg.network_mapping[0].target_vnet
     net = site.azure.network
-    test_vnet = net.virtual_networks.get(rg, test_vnet_name(prod))
-    assert list(net.virtual_network_peerings.list(rg, test_vnet_name(prod))) == []
+    test_vnet = net.virtual_networks.get(rg, isolated_vnet_name(prod))
+    assert list(net.virtual_network_peerings.list(rg, isolated_vnet_name(prod))) == []
     assert list(net.virtual_network_peerings.list(rg, prod)) == []
     assert test_vnet.address_space.address_prefixes == net.virtual_networks.get(rg, prod).address_space.address_prefixes
-    nsg = net.network_security_groups.get(rg, test_nsg_name(prod))
+    nsg = net.network_security_groups.get(rg, isolation_nsg_name(prod))
     rules = {r.name: r for r in nsg.security_rules}
     assert rules["deny-internet-out"].access == "Deny" and rules["deny-internet-out"].destination_address_prefix == "Internet"
     assert rules["deny-all-in"].access == "Deny" and rules["deny-all-in"].direction == "Inbound"
-    assert all(s.network_security_group and s.network_security_group.id.endswith(test_nsg_name(prod)) for s in test_vnet.subnets)
+    assert all(s.network_security_group and s.network_security_group.id.endswith(isolation_nsg_name(prod)) for s in test_vnet.subnets)
 
 
 def test_protect_the_lab_machines(site, site_path):
@@ -110,7 +110,7 @@ def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing
     older, newer = points[-2], points[-1]
     assert _point_seq(older) < _point_seq(newer), "the two points must hold different instants"
 
-    drill = test_failover_flow(["db01"], point=older.id, site_path=site_path)
+    drill = drill_flow(["db01"], point=older.id, site_path=site_path)
     [vm] = drill["vms"]
     result = drill["results"][0]
     assert result["verified"] and result["point_id"] == older.id
@@ -120,9 +120,9 @@ def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing
         got = _disk_bytes(site, d["resource_group"], d["name"], size)
         assert got == writer.expected(d["disk"], _point_seq(older)), f"{d['name']} differs from point {older.id}"
     nic = site.azure.network.network_interfaces.get(vm["resource_group"], "db01-nic0")
-    assert test_vnet_name(site.cfg.network_mapping[0].target_vnet) in nic.ip_configurations[0].subnet.id
+    assert isolated_vnet_name(site.cfg.network_mapping[0].target_vnet) in nic.ip_configurations[0].subnet.id
 
-    cleaned = test_failover_cleanup_flow(drill["drill_id"], site_path=site_path)
+    cleaned = drill_cleanup_flow(drill["drill_id"], site_path=site_path)
     assert cleaned["left"] == []
     assert resources_of_run(site.azure, drill["flow_run_id"]) == []
     assert site.azure.resource.resource_groups.check_existence(vm["resource_group"]) is False

@@ -59,11 +59,11 @@ class Step(BaseModel):
     detail: str = ""
 
 
-def test_vnet_name(prod_vnet: str) -> str:
+def isolated_vnet_name(prod_vnet: str) -> str:
     return f"{prod_vnet}-test"
 
 
-def test_nsg_name(prod_vnet: str) -> str:
+def isolation_nsg_name(prod_vnet: str) -> str:
     return f"{prod_vnet}-test-isolation"
 
 
@@ -90,9 +90,9 @@ def desired_state(site: SiteConfig) -> DesiredState:
     all_vnets = list(vnets.values())
     for v in list(vnets.values()):
         # Same address space, so machines keep their IPs in a drill; no peering, ever.
-        nsg = test_nsg_name(v.name)
+        nsg = isolation_nsg_name(v.name)
         nsgs.append(NsgSpec(name=nsg, rules=isolation_rules(v.address_space)))
-        all_vnets.append(VnetSpec(name=test_vnet_name(v.name), address_space=v.address_space, subnets=dict(v.subnets), nsg=nsg, isolated=True))
+        all_vnets.append(VnetSpec(name=isolated_vnet_name(v.name), address_space=v.address_space, subnets=dict(v.subnets), nsg=nsg, isolated=True))
     c = site.azure.containers
     return DesiredState(
         resource_group=site.azure.resource_group,

@@ -14,7 +14,7 @@ from drbook.errors import PreflightError
 from drbook.failover import points as pointlib
 from drbook.failover.build import MachinePlan, plan_machine
 from drbook.failover.network import plan_nic
-from drbook.failover.prepare import test_vnet_name
+from drbook.failover.prepare import isolated_vnet_name
 from drbook.failover.sizing import VmSize, choose_size
 from drbook.models import ProtectedItem, RecoveryPoint
 
@@ -78,7 +78,7 @@ def plan_recovery(site: SiteConfig, items: list[ProtectedItem], chosen: dict[str
         mapping = site.mapping_for(machine.network)
         if mapping is None:
             raise PreflightError(f"{machine.name}: no network mapping for its source network {machine.network!r}")
-        vnet = test_vnet_name(mapping.target_vnet) if purpose == "drill" else mapping.target_vnet
+        vnet = isolated_vnet_name(mapping.target_vnet) if purpose == "drill" else mapping.target_vnet
         nic = plan_nic(machine.name, machine.ip, mapping, vnet, taken)
         if nic.static_ip:
             taken.add(nic.static_ip)
