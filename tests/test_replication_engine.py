@@ -375,3 +375,31 @@ def test_cycles_refuse_items_that_do_not_replicate(env: Env):
     with pytest.raises(PreflightError, match="unprotected"):
         env.engine.run_cycle("db01")
     assert m.cfg.name == "db01"
+
+
+@pytest.mark.parametrize("phase", ["after-segment-upload", "after-commit-marker"])
+def test_a_crash_during_the_initial_copy(env: Env, phase: str):
+    """The initial copy writes straight to the replica (no cache): a crash before its commit
+    leaves the disks flagged for resync, so the next attempt copies everything again."""
+    m = env.add_machine("db01", {"disk0": 2 * MIB})
+
+    class Crash(Exception):
+        pass
+
+    def fault(at: str) -> None:
+        if at == phase:
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        env.engine_with(fault=fault).enable_replication(m.cfg, Policy())
+    doc = env.vault.item("db01")
+    assert doc.state == ItemState.INITIAL_REPLICATION and doc.disks[0].resync_required
+    with open(m.disks["disk0"], "r+b") as f:
+        f.write(os.urandom(8192))
+    item = env.engine.enable_replication(m.cfg, Policy())
+    assert item.state == ItemState.PROTECTED
+    points = PointStore(env.vault).points("db01")
+    assert len(points) == (2 if phase == "after-commit-marker" else 1)
+    assert env.snapshot_bytes(points[-1], "disk0") == m.disks["disk0"].read_bytes()
+    assert all(env.engine.verify_point("db01", p.id).ok for p in points)
+    assert not env.vault.item("db01").disks[0].resync_required and env.cache_names() == []

@@ -56,6 +56,7 @@ class MarkerDisk(BaseModel):
     size: int
     resync: bool = False
     reason: str | None = None
+    direct: bool = False
     blocks_changed: int = 0
     zero_blocks: int = 0
     bytes_sent: int = 0
@@ -169,6 +170,39 @@ class Uploader:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+class DirectApplier:
+    """Applies batches of a resyncing disk's frames to its replica in the background
+    (bounded), while the agent's stream keeps flowing."""
+
+    def __init__(self, write: Callable[[str, "PagePlan"], int], workers: int) -> None:
+        self.write = write
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="direct-apply")
+        self.slots = threading.BoundedSemaphore(workers + 1)
+        self.futures: list[Future] = []
+        self.bytes = 0
+
+    def submit(self, seq: int, raw: bytes) -> None:
+        self.slots.acquire()
+
+        def run() -> int:
+            try:
+                return sum(self.write(disk, plan) for disk, plan in plan_segment(raw).items())
+            finally:
+                self.slots.release()
+
+        self.futures.append(self.pool.submit(run))
+
+    def finish(self) -> int:
+        try:
+            self.bytes = sum(f.result() for f in self.futures)
+            return self.bytes
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class SegmentWriter:
     """Batches block and zero frames into segments of about `limit` raw bytes; every
     segment starts with the disk frame of the disk its blocks belong to."""
@@ -202,13 +236,22 @@ class SegmentWriter:
 
 @dataclass
 class DiskCycle:
-    """One disk's state within a cycle: the old map sent, the new manifest being built."""
+    """One disk's state within a cycle: the old map sent, the new manifest being built.
+
+    `direct`: the disk is resynced with no map (initial copy, forced resync), so the cycle
+    writes every one of its blocks (data or clear) and does not depend on what the replica
+    held. Its blocks then go straight to the replica as they arrive instead of through the
+    cache, which halves the initial copy's traffic. That is safe because the item's disk
+    stays flagged `resync_required` until the cycle's point is recorded: a cycle that dies
+    half-way leaves a replica nobody reads, and the next cycle resyncs it whole again.
+    """
 
     disk: ProtectedDisk
     layout: Layout
     old: Manifest | None
     old_subs: SubMap | None
     force_resync: bool = False
+    direct: bool = False
     size: int = 0
     resync: bool = False
     reason: str | None = None
@@ -258,10 +301,14 @@ class Receiver:
     """Consumes one agent's frames: builds segments and the new manifests, counts, checks."""
 
     def __init__(self, item: str, disks: list[DiskCycle], layout: Layout, segments: SegmentWriter,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, direct: SegmentWriter | None = None,
+                 on_direct_disk: Callable[[DiskCycle], None] | None = None) -> None:
         self.item = item
         self.disks = disks
         self.layout = layout
+        self.cached = segments
+        self.direct = direct
+        self.on_direct_disk = on_direct_disk
         self.segments = segments
         self.progress = progress
         self.hello: dict | None = None
@@ -331,6 +378,15 @@ class Receiver:
         d = self.disks[self.next_disk]
         d.start(doc)
         self.current = d
+        if d.direct and not d.resync:
+            raise ProtocolError(f"disk {d.disk.name}: sent without a map but the agent did not resync it")
+        if d.direct and self.direct is not None:
+            # A resync rewrites every block, so it need not go through the cache (see DiskCycle.direct).
+            self.segments = self.direct
+            if self.on_direct_disk:
+                self.on_direct_disk(d)
+        else:
+            self.segments = self.cached
         lay = self.layout
         self.segments.begin_disk({"name": d.disk.name, "size": d.size, "block_size": lay.block_size,
                                   "sub_block_size": lay.sub_block_size, "sub_hash_len": lay.sub_hash_len})

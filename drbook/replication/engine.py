@@ -101,6 +101,8 @@ class _Run:
     writer: cy.SegmentWriter
     uploader: cy.Uploader
     spool: cy.Spool
+    direct_writer: cy.SegmentWriter
+    direct: cy.DirectApplier
     shell: RemoteShell | None = None
     proc: RemoteProcess | None = None
     error: BaseException | None = None
@@ -346,6 +348,14 @@ class ReplicationEngine:
                         old_subs = None
             disks.append(cy.DiskCycle(disk=disk, layout=layout, old=old, old_subs=old_subs,
                                       force_resync=disk.resync_required))
+        for d in disks:
+            d.direct = d.request_maps() == (b"", b"")
+        unflagged = {d.disk.name: "no block map of the last point (lost manifest)"
+                     for d in disks if d.direct and not d.disk.resync_required}
+        if unflagged:
+            # Written straight to the replica below: flag first, so a crash cannot leave a
+            # half-written replica that a later delta cycle would trust.
+            self._flag_resync(name, unflagged)
         cycle_id = new_id("cy")
         spool = cy.Spool(self.settings.spool_dir)
         total = sum(d.disk.size_bytes for d in disks)
@@ -357,10 +367,15 @@ class ReplicationEngine:
 
         uploader = cy.Uploader(upload, self.settings.upload_workers, spool)
         writer = cy.SegmentWriter(self.settings.segment_bytes, uploader.submit)
+        direct = cy.DirectApplier(
+            lambda disk, plan: self.replicas.write(replica_blob_name(name, disk), plan.writes, plan.clears),
+            self.settings.upload_workers)
+        direct_writer = cy.SegmentWriter(self.settings.segment_bytes, direct.submit)
         report = (lambda done: progress(done, max(total, done))) if progress else None
-        receiver = cy.Receiver(name, disks, layout, writer, report)
+        receiver = cy.Receiver(name, disks, layout, writer, report, direct=direct_writer,
+                               on_direct_disk=lambda d: self.replicas.ensure(replica_blob_name(name, d.disk.name), d.size))
         return _Run(item=item, machine=machine, cycle_id=cycle_id, disks=disks, receiver=receiver,
-                    writer=writer, uploader=uploader, spool=spool)
+                    writer=writer, uploader=uploader, spool=spool, direct_writer=direct_writer, direct=direct)
 
     def _request(self, run: _Run, want: Want, barrier: bool) -> bytes:
         s = self.settings
@@ -414,6 +429,7 @@ class ReplicationEngine:
                     break
             run.stream_bytes = reader.bytes
             run.writer.flush()
+            run.direct_writer.flush()
             if not done:
                 raise ProtocolError(f"{run.machine.name}: the agent's stream ended without a trailer; "
                                     f"agent stderr: {self._stderr(run)}")
@@ -455,7 +471,7 @@ class ReplicationEngine:
             run.item.name: {
                 "stream_bytes": run.stream_bytes,
                 "disks": {d.disk.name: {"changed": d.changed, "zero": d.zero_blocks, "bytes_sent": d.bytes_sent,
-                                        "resync": d.resync} for d in run.disks},
+                                        "resync": d.resync, "direct": d.direct} for d in run.disks},
             }
             for run in runs
         }
@@ -502,6 +518,7 @@ class ReplicationEngine:
             if run.proc is not None:
                 run.proc.kill()
         run.uploader.abandon()
+        run.direct.abandon()
         run.spool.close()
         if run.committed:
             return  # committed cycles are replayed by the next cycle, never discarded
@@ -527,6 +544,7 @@ class ReplicationEngine:
         """Wait for the segment uploads, put the new manifests in the cache, build the marker."""
         name, cycle_id = run.item.name, run.cycle_id
         uploaded = run.uploader.finish()
+        run.direct.finish()
         consistency, evidence = judge(run.receiver.trailer or {}, want, barrier=barrier)
         disks = []
         for d in run.disks:
@@ -536,7 +554,7 @@ class ReplicationEngine:
             if d.subs is not None:
                 skey = f"{cy.cycle_prefix(name, cycle_id)}{d.disk.name}.sub"
                 self.cache.put(skey, d.subs.to_bytes())
-            disks.append(cy.MarkerDisk(name=d.disk.name, size=d.size, resync=d.resync, reason=d.reason,
+            disks.append(cy.MarkerDisk(name=d.disk.name, size=d.size, resync=d.resync, reason=d.reason, direct=d.direct,
                                        blocks_changed=d.changed, zero_blocks=d.zero_blocks, bytes_sent=d.bytes_sent,
                                        manifest=mkey, submap=skey))
         when = go_time or run.receiver.frozen_at_server or utcnow()
