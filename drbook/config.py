@@ -56,6 +56,8 @@ class AzureConfig(_Strict):
     location: str
     arm_base_url: str = "https://management.azure.com"
     storage_account: str
+    storage_resource_group: str | None = Field(
+        None, description="the storage account's resource group (account names are global); default resource_group")
     blob_endpoint: str = Field(description="e.g. https://account.blob.core.windows.net")
     storage_key: SecretRef | None = Field(None, description="account key; None = use the Azure credential")
     credential: AzureCredentialConfig = AzureCredentialConfig()

@@ -334,6 +334,8 @@ class Lab:
                 "location": status["arm"]["location"],
                 "arm_base_url": status["arm"]["base_url"],
                 "storage_account": AZURITE_ACCOUNT,
+                # One Azurite account for every site the lab serves (demo, tests): its own group.
+                "storage_resource_group": "drbook-lab-storage",
                 "blob_endpoint": status["azurite"]["blob_endpoint"],
                 "storage_key": f"file:{self.azurite_key_file}",
                 "credential": {"kind": "static-token", "token": status["arm"]["token_ref"]},

@@ -121,7 +121,8 @@ def import_disk(site: SiteConfig, clients: AzureClients, blob_service, plan: Mac
     if existing is not None and existing.provisioning_state == "Succeeded":
         return existing.id
     source = stage_snapshot(site, blob_service, plan, disk)
-    account_id = _id(site, site.azure.resource_group, "Microsoft.Storage/storageAccounts", site.azure.storage_account)
+    account_id = _id(site, site.azure.storage_resource_group or site.azure.resource_group,
+                     "Microsoft.Storage/storageAccounts", site.azure.storage_account)
     body = cm.Disk(
         location=plan.location, tags=plan.tags, sku=cm.DiskSku(name="Premium_LRS"),
         os_type="Linux" if disk is plan.disks[0] else None,

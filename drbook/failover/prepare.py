@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from drbook.adapters.azure import AzureClients, map_azure_errors
 from drbook.config import SiteConfig
-from drbook.errors import NotFoundError
+from drbook.errors import NotFoundError, PreflightError
 
 TAGS = {"drbook": "recovery-site"}
 
@@ -47,6 +47,7 @@ class DesiredState(BaseModel):
     resource_group: str
     location: str
     storage_account: str
+    storage_resource_group: str
     containers: list[str]
     nsgs: list[NsgSpec]
     vnets: list[VnetSpec]
@@ -98,6 +99,7 @@ def desired_state(site: SiteConfig) -> DesiredState:
         resource_group=site.azure.resource_group,
         location=site.azure.location,
         storage_account=site.azure.storage_account,
+        storage_resource_group=site.azure.storage_resource_group or site.azure.resource_group,
         containers=[c.cache, c.replicas, c.vault, imports_container(site)],
         nsgs=nsgs,
         vnets=all_vnets,
@@ -128,11 +130,21 @@ def plan(site: SiteConfig, clients: AzureClients, blob_service) -> list[Step]:
     want = desired_state(site)
     rg = want.resource_group
     steps: list[Step] = []
+    srg = want.storage_resource_group
     exists = _get(f"resource group {rg}", lambda: clients.resource.resource_groups.get(rg))
     steps.append(Step(kind="resource group", name=rg, action="unchanged" if exists else "create", detail=want.location))
+    if srg != rg:
+        srg_exists = _get(f"resource group {srg}", lambda: clients.resource.resource_groups.get(srg))
+        steps.append(Step(kind="resource group", name=srg, action="unchanged" if srg_exists else "create",
+                          detail=f"{want.location} (storage)"))
+    else:
+        srg_exists = exists
     account = _get(f"storage account {want.storage_account}",
-                   lambda: clients.storage.storage_accounts.get_properties(rg, want.storage_account)) if exists else None
-    steps.append(Step(kind="storage account", name=want.storage_account, action="unchanged" if account else "create"))
+                   lambda: clients.storage.storage_accounts.get_properties(srg, want.storage_account)) if srg_exists else None
+    if account is None:
+        _refuse_account_elsewhere(clients, want.storage_account, srg)
+    steps.append(Step(kind="storage account", name=want.storage_account, action="unchanged" if account else "create",
+                      detail=f"in {srg}"))
     existing_containers = {c.name for c in blob_service.list_containers()}
     for name in want.containers:
         steps.append(Step(kind="blob container", name=name, action="unchanged" if name in existing_containers else "create"))
@@ -158,19 +170,30 @@ def plan(site: SiteConfig, clients: AzureClients, blob_service) -> list[Step]:
     return steps
 
 
+def _refuse_account_elsewhere(clients: AzureClients, name: str, wanted_group: str) -> None:
+    """Storage account names are global: one that lives in another group cannot be made here."""
+    with map_azure_errors("list storage accounts"):
+        for acct in clients.storage.storage_accounts.list():
+            if acct.name == name:
+                group = acct.id.split("/")[4]
+                raise PreflightError(f"storage account {name} already exists in resource group {group}; "
+                                     f"set azure.storage_resource_group: {group} in the site config")
+
+
 # -- applying --------------------------------------------------------------------------------
 def apply(site: SiteConfig, clients: AzureClients, blob_service, steps: list[Step]) -> list[Step]:
     want = desired_state(site)
     rg, loc = want.resource_group, want.location
     todo = {(s.kind, s.name) for s in steps if s.action != "unchanged"}
     sub = site.azure.subscription_id
-    if ("resource group", rg) in todo:
-        with map_azure_errors(f"create resource group {rg}"):
-            clients.resource.resource_groups.create_or_update(rg, ResourceGroup(location=loc, tags=TAGS))
+    for group in dict.fromkeys([rg, want.storage_resource_group]):
+        if ("resource group", group) in todo:
+            with map_azure_errors(f"create resource group {group}"):
+                clients.resource.resource_groups.create_or_update(group, ResourceGroup(location=loc, tags=TAGS))
     if ("storage account", want.storage_account) in todo:
-        with map_azure_errors(f"create storage account {want.storage_account}"):
+        with map_azure_errors(f"create storage account {want.storage_account} in {want.storage_resource_group}"):
             clients.storage.storage_accounts.begin_create(
-                rg, want.storage_account,
+                want.storage_resource_group, want.storage_account,
                 StorageAccountCreateParameters(location=loc, kind="StorageV2", sku=StorageSku(name="Standard_LRS"), tags=TAGS),
             ).result()
     for name in want.containers:
