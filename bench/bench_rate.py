@@ -16,6 +16,9 @@ is spread over a third of the changes, and fewer writes overlap. The write rate 
 is what the writer achieved (its log), which is lower than its target because it is
 paused while the agent reads (crash consistency).
 
+Each cycle records its phases' wall time and the CPU seconds the process server (this
+process, all threads) and Azurite's node process used: that is where the time goes.
+
 Prints one result line; writes bench/results/rate.json.
 """
 
@@ -59,6 +62,20 @@ def start_azurite(base: Path):  # noqa: ANN201
     wait_for_port(az, "127.0.0.1", port, 30)
     endpoint = f"https://127.0.0.1:{port}/{ACCOUNT}"
     return az, endpoint, blob_service_from(endpoint, ACCOUNT, KEY, certs.ca_cert)
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _node_pid(managed) -> int:  # noqa: ANN001
+    """Azurite's node process (the pid file holds the launcher, which may be a shell)."""
+    pid = managed.pid()
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    children = kids.read_text().split() if kids.exists() else []
+    return int(children[0]) if children else pid
 
 
 def main() -> int:
@@ -130,9 +147,12 @@ def main() -> int:
                     due = t0 + k * args.interval
                     time.sleep(max(0.0, due - time.perf_counter()))
                     marks.clear()
+                    cpu0, az0 = time.process_time(), _cpu_of(_node_pid(az))
                     begin = time.perf_counter()
                     point = engine.run_cycle("rate01")
                     end = time.perf_counter()
+                    cpu = {"process_server": round(time.process_time() - cpu0, 2),
+                           "azurite": round(_cpu_of(_node_pid(az)) - az0, 2)}
                     phases, prev = {}, begin
                     for phase, t in marks:
                         phases[phase] = round(t - prev, 2)
@@ -142,9 +162,9 @@ def main() -> int:
                     ok = ok and on_time
                     cycles.append({"start_late_s": round(begin - due, 2), "seconds": round(end - begin, 2),
                                    "on_time": on_time, "bytes_sent": st["bytes_sent"], "blocks": st["changed"],
-                                   "phases_s": phases, "point": point.id, "consistency": point.consistency})
+                                   "phases_s": phases, "cpu_s": cpu, "point": point.id, "consistency": point.consistency})
                     print(f"  rate {rate:g} MB/s cycle {k}: {end - begin:5.1f} s, sent {st['bytes_sent'] / 1e6:7.1f} MB, "
-                          f"{'on time' if on_time else 'LATE'} {phases}", flush=True)
+                          f"{'on time' if on_time else 'LATE'} {phases} cpu {cpu}", flush=True)
                 window = time.perf_counter() - t0 + args.interval
             finally:
                 writer.send_signal(signal.SIGTERM)

@@ -33,6 +33,7 @@ from drbook.replication import protocol as p  # noqa: E402
 from drbook.replication.local_shell import LocalShell  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+LOAD_AT_START = os.getloadavg()  # the machine is shared: say how busy it was
 AGENT = Path(agent_mod.__file__)
 GIB = 1024 ** 3
 CHUNK = 64 * 1024 * 1024
@@ -112,7 +113,8 @@ def timed(cmd: str) -> float:
 
 
 def machine_info() -> dict:
-    return {"cpus": os.cpu_count(), "load_avg": os.getloadavg(), "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "load_avg_at_start": LOAD_AT_START, "load_avg_at_end": os.getloadavg(),
+            "python": platform.python_version(),
             "agent_version": agent_mod.AGENT_VERSION}
 
 
