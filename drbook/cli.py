@@ -278,7 +278,7 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
         emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"],
                    "results": result["results"]})
         return
-    _result_table(f"drill {result['drill_id']}", result["results"])
+    result_table(f"drill {result['drill_id']}", result["results"])
     console.print(f"report: {result['report']}")
 
 
@@ -307,7 +307,7 @@ def failover_cmd(machines: list[str], point: str = typer.Option("latest", "--poi
         emit_json({"run_id": result["run_id"], "vms": result["vms"], "report": result["report"],
                    "results": result["results"]})
         return
-    _result_table(f"failover {result['run_id']}", result["results"])
+    result_table(f"failover {result['run_id']}", result["results"])
 
 
 @app.command("approvals")
@@ -364,7 +364,7 @@ def _table(title: str, rows: list[dict], columns: list[str]) -> None:
     out.print(table)
 
 
-def _result_table(title: str, results: list[dict]) -> None:
+def result_table(title: str, results: list[dict]) -> None:
     _table(title, [
         {"machine": r["machine"], "vm": r["vm_name"], "ip": r["ip"], "point": r["point_id"],
          "consistency": r["consistency"], "RPO": f"{r['rpo_seconds']:.1f} s", "RTO": f"{r['rto_seconds']:.1f} s",

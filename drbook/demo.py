@@ -37,10 +37,11 @@ def stage(name: str, **extra):
 
 
 def drbook(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the real CLI, as a person would."""
+    """Run the real CLI, as a person would (JSON answers are read, not shown)."""
     console.print(f"[dim]$ drbook {' '.join(args)}[/dim]")
     proc = subprocess.run([sys.executable, "-m", "drbook.cli", *args], text=True, capture_output=True)
-    sys.stdout.write(proc.stdout)
+    if "--json" not in args:
+        sys.stdout.write(proc.stdout)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         if check:
@@ -65,6 +66,7 @@ def _fresh_recovery_site(lab) -> None:
 def main() -> None:
     import json
 
+    from drbook.cli import result_table
     from lab.control import Lab
     from lab.workload_control import start_workload, writer
 
@@ -111,6 +113,7 @@ def main() -> None:
     with stage("test failover (drill of an older point)") as row:
         drill = json.loads(drbook("test-failover", "db01", "--point", older, "--json").stdout)
         _fill(row, drill["results"])
+        result_table(f"drill {drill['drill_id']}", drill["results"])
         console.print(f"drill report: {drill['report']}")
     with stage("drill cleanup"):
         drbook("test-failover-cleanup", drill["drill_id"])
@@ -126,6 +129,7 @@ def main() -> None:
         runner.join()
         failover = json.loads(result["proc"].stdout)
         _fill(row, failover["results"])
+        result_table(f"failover {failover['run_id']}", failover["results"])
 
     with stage("commit"):
         drbook("commit", "app01", "app02")

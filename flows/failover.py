@@ -80,6 +80,7 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
             "status": "running", "approver": answer.approver, "comment": answer.comment}))
         log.info("approved by %s: %s", answer.approver or "(unnamed)", answer.comment)
         started = time.monotonic()
+        approved_at = utcnow()
 
         if planned:
             # Zero data loss: stop writes for good, take the last point, then shut the source down.
@@ -104,7 +105,7 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
                               sizes=sizes, taken=taken_ips(site.azure, rg))
         try:
             with transaction():
-                rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started), plans)
+                rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started, approved_at), plans)
         except BaseException:
             swept = t.sweep_run(sp, run_id)
             site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={

@@ -6,19 +6,23 @@ roll back (their hooks delete what they made) and the caller sweeps the run's ta
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 from prefect import get_run_logger
 
 from drbook.failover.build import DiskVerification, MachinePlan, power_state, require_verified
 from drbook.failover.recovery import MachineResult
-from drbook.models import utcnow
 from drbook.report import render_post_failover_script
 from drbook.site import open_site
 from tasks import azure as t
 
 
-def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: float) -> MachineResult:
+def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: float,
+                  disaster_time: dt.datetime) -> MachineResult:
+    """`started` (monotonic) is when the run began, for the RTO; `disaster_time` is the instant
+    the run acts for (a drill's start, a failover's approval), for the RPO: what would be lost
+    had the site died then. A planned failover's point comes after it: RPO 0."""
     log = get_run_logger()
     site = open_site(site_path)
     disk_futures = [t.import_disk.submit(site_path, plan, d.disk) for d in plan.disks]
@@ -40,7 +44,8 @@ def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: 
         item=plan.item, machine=plan.machine, resource_group=plan.resource_group, vm_name=plan.vm_name, size=plan.size,
         disks=[{"disk": d.disk, "resource_group": plan.resource_group, "name": d.name} for d in plan.disks],
         nic=plan.nic_name, ip=ip, ip_note=plan.nic.note, point_id=plan.point_id, point_time=plan.point_time,
-        consistency=consistency, rpo_seconds=(utcnow() - plan.point_time).total_seconds(), rto_seconds=rto,
+        consistency=consistency, rpo_seconds=max(0.0, (disaster_time - plan.point_time).total_seconds()),
+        rto_seconds=rto,
         bytes_verified=sum(c.bytes_verified for c in checks), blocks_verified=sum(c.blocks for c in checks),
         verified=all(c.ok for c in checks), power_state=power_state(site.azure, plan.resource_group, plan.vm_name) or state,
         script_output=output,

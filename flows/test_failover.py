@@ -33,6 +33,7 @@ def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site
     site = open_site(site_path)
     sp = str(site.path)
     started = time.monotonic()
+    began = utcnow()
     run_id = current_run_id()
     drill_id = new_id("drill")
     items = [site.vault.item(m) for m in machines]
@@ -52,7 +53,7 @@ def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site
     try:
         with transaction():
             t.ensure_resource_group(sp, rg, {TAG_RUN: run_id, "drbook-drill": drill_id})
-            rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started), plans)
+            rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started, began), plans)
     except BaseException as exc:
         error = str(exc)
         leftovers = t.sweep_run(sp, run_id)
