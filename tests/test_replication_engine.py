@@ -311,14 +311,18 @@ def test_retention_keeps_exactly_what_the_policy_says(env: Env):
     points = store.points("db01")
     assert len(points) == 4
     later = points[-1].time + dt.timedelta(hours=2)
+    replicas = Replicas(env.service, env.site.azure.containers.replicas)
+    orphan = replicas.snapshot("replicas/db01/disk0.vhd")  # as if a cycle died before recording its point
     dry = env.engine.apply_retention("db01", later, dry_run=True)
     assert dry.kept == [points[-1].id] and set(dry.purged) == {p.id for p in points[:-1]}
     assert all(a.startswith("Would delete") for a in dry.actions) and len(store.points("db01")) == 4
+    assert sum("orphan" in a for a in dry.actions) == 1 and replicas.snapshot_exists("replicas/db01/disk0.vhd", orphan)
     # Pin the oldest (a drill uses it): it stays.
     done = env.engine.apply_retention("db01", later, pinned=(points[0].id,))
     assert set(done.kept) == {points[0].id, points[-1].id}
     assert [p.id for p in store.points("db01")] == [points[0].id, points[-1].id]
-    replicas = Replicas(env.service, env.site.azure.containers.replicas)
+    assert not replicas.snapshot_exists("replicas/db01/disk0.vhd", orphan)
+    assert len(replicas.snapshots("replicas/db01/disk0.vhd")) == 2
     for p in points:
         alive = p.id in done.kept
         for d in p.disks:

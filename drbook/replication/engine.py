@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import json
 import logging
 import shlex
 import threading
@@ -139,7 +140,7 @@ class ReplicationEngine:
         self.cache = Cache(blob_service, c.cache)
         self.replicas = Replicas(blob_service, c.replicas, workers=self.settings.page_workers)
         self.last_stats: dict = {}
-        self._crashed = False
+        self._local = threading.local()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -257,7 +258,8 @@ class ReplicationEngine:
         now = now or utcnow()
         with self.vault.lease(f"item-{item}", holder=f"{self.holder}:retention"):
             doc = self.vault.item(item)
-            pins = set(pinned) | {x for x in (doc.failover_point_id,) if x}
+            # The last point's manifest is the next cycle's map: never purge it.
+            pins = set(pinned) | {x for x in (doc.failover_point_id, doc.last_point_id) if x}
             points = self.points.points(item)
             keep, purge = decide_retention(points, doc.policy, now, pins)
             result = RetentionResult(item=item, dry_run=dry_run, kept=[x.id for x in keep], purged=[x.id for x in purge],
@@ -271,7 +273,26 @@ class ReplicationEngine:
                 self.points.delete(item, point.id)
                 for d in point.disks:
                     Replicas(self.blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
+            for blob, snapshot in self._orphan_snapshots(doc, points):
+                result.actions.append(f"{'Would delete' if dry_run else 'Deleted'} orphan snapshot {blob}@{snapshot}")
+                if not dry_run:
+                    self.replicas.delete_snapshot(blob, snapshot)
             return result
+
+    def _orphan_snapshots(self, doc: ProtectedItem, points: list[RecoveryPoint]) -> list[tuple[str, str]]:
+        """Snapshots of the item's replicas that no point and no pending cycle refers to (a
+        crash between taking them and recording them). Called under the item's lease, so
+        no cycle is taking snapshots meanwhile."""
+        referenced = {(d.blob, d.snapshot) for x in points for d in x.disks}
+        for cycle_id in self.cache.cycles(doc.name):
+            taken = self.cache.get_json(cy.cycle_prefix(doc.name, cycle_id) + cy.SNAPSHOTS) or {}
+            referenced |= {(replica_blob_name(doc.name, disk), snap) for disk, snap in taken.items()}
+        orphans = []
+        for disk in doc.disks:
+            blob = replica_blob_name(doc.name, disk.name)
+            with contextlib.suppress(NotFoundError):
+                orphans += [(blob, snap) for snap in self.replicas.snapshots(blob) if (blob, snap) not in referenced]
+        return orphans
 
     # -- the cycle ---------------------------------------------------------------------------
 
@@ -282,13 +303,13 @@ class ReplicationEngine:
             try:
                 self.fault(phase)
             except BaseException:
-                self._crashed = True
+                self._local.crashed = True
                 raise
 
     def _cycles(self, names: list[str], want: Want, group: str | None, progress: cy.Progress | None) -> list[RecoveryPoint]:
         if want not in ("crash", "app"):
             raise ValueError(f"want must be 'crash' or 'app', got {want!r}")
-        self._crashed = False
+        self._local.crashed = False
         with contextlib.ExitStack() as stack:
             leases = [stack.enter_context(self.vault.lease(f"item-{n}", holder=self.holder)) for n in sorted(set(names))]
             for n in names:
@@ -307,7 +328,7 @@ class ReplicationEngine:
                     self._write_marker(run, marker)
                 self._fault("after-commit-marker")
             except BaseException:
-                if not self._crashed:
+                if not self._local.crashed:
                     for run in runs:
                         self._abandon(run)
                 raise
@@ -358,7 +379,6 @@ class ReplicationEngine:
             self._flag_resync(name, unflagged)
         cycle_id = new_id("cy")
         spool = cy.Spool(self.settings.spool_dir)
-        total = sum(d.disk.size_bytes for d in disks)
 
         def upload(seq: int, raw: bytes) -> int:
             sealed = segments.seal(raw, self.key, name, cycle_id, seq)
@@ -371,8 +391,11 @@ class ReplicationEngine:
             lambda disk, plan: self.replicas.write(replica_blob_name(name, disk), plan.writes, plan.clears),
             self.settings.upload_workers)
         direct_writer = cy.SegmentWriter(self.settings.segment_bytes, direct.submit)
-        report = (lambda done: progress(done, max(total, done))) if progress else None
-        receiver = cy.Receiver(name, disks, layout, writer, report, direct=direct_writer,
+        def report(done: int) -> None:
+            total = sum(d.size if d.size else d.disk.size_bytes for d in disks)
+            progress(done, max(total, done))  # type: ignore[misc]
+
+        receiver = cy.Receiver(name, disks, layout, writer, report if progress else None, direct=direct_writer,
                                on_direct_disk=lambda d: self.replicas.ensure(replica_blob_name(name, d.disk.name), d.size))
         return _Run(item=item, machine=machine, cycle_id=cycle_id, disks=disks, receiver=receiver,
                     writer=writer, uploader=uploader, spool=spool, direct_writer=direct_writer, direct=direct)
@@ -389,7 +412,8 @@ class ReplicationEngine:
             "hook_timeout": s.hook_timeout,
             "max_freeze": s.max_freeze,
             "barrier": barrier,
-            "barrier_timeout": s.barrier_timeout,
+            # The agent gives up on the barrier later than we do, so our GO or ABORT always reaches it.
+            "barrier_timeout": s.barrier_timeout * 2 + 30,
             "read_buffer": s.read_buffer,
             "threads": s.agent_threads,
         }
@@ -698,7 +722,7 @@ class ReplicationEngine:
             marker = cy.CommitMarker.model_validate(raw)
             try:
                 point = self._finish(marker, spool=None)
-            except segments.SegmentError as exc:
+            except (segments.SegmentError, ProtocolError, NotFoundError) as exc:
                 # The replica may be half-applied and the cycle cannot be replayed: rewrite it whole.
                 self._flag_resync(item, {d.name: f"replay of cycle {cycle_id} failed: {exc}" for d in marker.disks})
                 self.cache.delete(names)
@@ -711,6 +735,4 @@ class ReplicationEngine:
 
 
 def _json(doc: dict) -> bytes:
-    import json
-
     return json.dumps(doc, sort_keys=True).encode()
