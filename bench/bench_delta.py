@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scan import AGENT, GIB, RESULTS, agent_scan, block_map, make_image, write_result  # noqa: E402
 
 from drbook.replication import protocol as p  # noqa: E402
-from drbook.replication.local_shell import LocalShell  # noqa: E402
 
 BLOCK4K = 4096
 LAYOUTS = {

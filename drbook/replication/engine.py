@@ -42,7 +42,7 @@ from drbook.replication import segments, vhd
 from drbook.replication.blobs import Cache, Replicas, ensure_container, replica_blob_name
 from drbook.replication.consistency import Want, hooks_for, judge
 from drbook.replication.manifest import Manifest, SubMap
-from drbook.replication.retention import RetentionResult, decide_retention, retention_reasons
+from drbook.replication.retention import RetentionResult, apply_retention
 from drbook.replication.store import PointStore, manifest_key
 from drbook.vault import Vault, item_key
 
@@ -251,48 +251,9 @@ class ReplicationEngine:
 
     def apply_retention(self, item: str, now: dt.datetime | None = None, *, dry_run: bool = False,
                         pinned: tuple[str, ...] = ()) -> RetentionResult:
-        """Purge the points the item's policy does not keep (decide_retention); with
-        dry_run only say what would go. The point document goes first, then its manifests,
-        then its snapshots: a crash leaves at worst an unlisted snapshot, never a listed
-        point without its data."""
-        now = now or utcnow()
-        with self.vault.lease(f"item-{item}", holder=f"{self.holder}:retention"):
-            doc = self.vault.item(item)
-            # The last point's manifest is the next cycle's map: never purge it.
-            pins = set(pinned) | {x for x in (doc.failover_point_id, doc.last_point_id) if x}
-            points = self.points.points(item)
-            keep, purge = decide_retention(points, doc.policy, now, pins)
-            result = RetentionResult(item=item, dry_run=dry_run, kept=[x.id for x in keep], purged=[x.id for x in purge],
-                                     reasons=retention_reasons(points, doc.policy, now, pins))
-            for point in purge:
-                verb = "Would delete" if dry_run else "Deleted"
-                snaps = ", ".join(f"{d.blob}@{d.snapshot}" for d in point.disks)
-                result.actions.append(f"{verb} recovery point {point.id} ({point.time.isoformat()}, {point.consistency}): {snaps}")
-                if dry_run:
-                    continue
-                self.points.delete(item, point.id)
-                for d in point.disks:
-                    Replicas(self.blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
-            for blob, snapshot in self._orphan_snapshots(doc, points):
-                result.actions.append(f"{'Would delete' if dry_run else 'Deleted'} orphan snapshot {blob}@{snapshot}")
-                if not dry_run:
-                    self.replicas.delete_snapshot(blob, snapshot)
-            return result
-
-    def _orphan_snapshots(self, doc: ProtectedItem, points: list[RecoveryPoint]) -> list[tuple[str, str]]:
-        """Snapshots of the item's replicas that no point and no pending cycle refers to (a
-        crash between taking them and recording them). Called under the item's lease, so
-        no cycle is taking snapshots meanwhile."""
-        referenced = {(d.blob, d.snapshot) for x in points for d in x.disks}
-        for cycle_id in self.cache.cycles(doc.name):
-            taken = self.cache.get_json(cy.cycle_prefix(doc.name, cycle_id) + cy.SNAPSHOTS) or {}
-            referenced |= {(replica_blob_name(doc.name, disk), snap) for disk, snap in taken.items()}
-        orphans = []
-        for disk in doc.disks:
-            blob = replica_blob_name(doc.name, disk.name)
-            with contextlib.suppress(NotFoundError):
-                orphans += [(blob, snap) for snap in self.replicas.snapshots(blob) if (blob, snap) not in referenced]
-        return orphans
+        """drbook.replication.retention.apply_retention for this engine's site."""
+        return apply_retention(self.vault, self.blob_service, self.site.azure.containers, item, now,
+                               dry_run=dry_run, pinned=pinned, holder=f"{self.holder}:retention")
 
     # -- the cycle ---------------------------------------------------------------------------
 

@@ -13,12 +13,15 @@ The rules, in order:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Iterable
 
 from pydantic import BaseModel
 
-from drbook.models import Policy, RecoveryPoint
+from drbook.config import ContainerNames
+from drbook.errors import NotFoundError
+from drbook.models import Policy, ProtectedItem, RecoveryPoint, utcnow
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
@@ -64,3 +67,68 @@ class RetentionResult(BaseModel):
     purged: list[str] = []
     actions: list[str] = []
     reasons: dict[str, str] = {}
+
+
+def apply_retention(
+    vault,  # noqa: ANN001 - drbook.vault.Vault
+    blob_service,  # noqa: ANN001 - azure.storage.blob.BlobServiceClient
+    containers: ContainerNames,
+    item: str,
+    now: dt.datetime | None = None,
+    *,
+    dry_run: bool = False,
+    pinned: Iterable[str] = (),
+    holder: str = "drbook:retention",
+) -> RetentionResult:
+    """Purge the points the item's policy does not keep, under the item's lease; with
+    dry_run only say what would go ("Would delete ..."). The point document goes first,
+    then its manifests, then its snapshots: a crash leaves at worst an unlisted snapshot,
+    never a listed point without its data. Such orphan snapshots (also those of a cycle
+    that died between taking its snapshots and recording them) are swept here too."""
+    from drbook.replication.blobs import Cache, Replicas
+    from drbook.replication.store import PointStore
+
+    now = now or utcnow()
+    store = PointStore(vault)
+    with vault.lease(f"item-{item}", holder=holder):
+        doc = vault.item(item)
+        # The last point's manifest is the next cycle's block map: never purge it.
+        pins = set(pinned) | {x for x in (doc.failover_point_id, doc.last_point_id) if x}
+        points = store.points(item)
+        keep, purge = decide_retention(points, doc.policy, now, pins)
+        result = RetentionResult(item=item, dry_run=dry_run, kept=[x.id for x in keep], purged=[x.id for x in purge],
+                                 reasons=retention_reasons(points, doc.policy, now, pins))
+        verb = "Would delete" if dry_run else "Deleted"
+        for point in purge:
+            snaps = ", ".join(f"{d.blob}@{d.snapshot}" for d in point.disks)
+            result.actions.append(f"{verb} recovery point {point.id} ({point.time.isoformat()}, {point.consistency}): {snaps}")
+            if dry_run:
+                continue
+            store.delete(item, point.id)
+            for d in point.disks:
+                Replicas(blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
+        replicas = Replicas(blob_service, containers.replicas)
+        for blob, snapshot in orphan_snapshots(doc, points, replicas, Cache(blob_service, containers.cache)):
+            result.actions.append(f"{verb} orphan snapshot {blob}@{snapshot}")
+            if not dry_run:
+                replicas.delete_snapshot(blob, snapshot)
+        return result
+
+
+def orphan_snapshots(doc: ProtectedItem, points: list[RecoveryPoint], replicas, cache) -> list[tuple[str, str]]:  # noqa: ANN001
+    """Snapshots of the item's replicas that no point and no pending cycle (its SNAPSHOTS
+    marker in the cache) refers to. Call it under the item's lease, so that no cycle is
+    taking snapshots meanwhile."""
+    from drbook.replication import cycle as cy
+    from drbook.replication.blobs import replica_blob_name
+
+    referenced = {(d.blob, d.snapshot) for x in points for d in x.disks}
+    for cycle_id in cache.cycles(doc.name):
+        taken = cache.get_json(cy.cycle_prefix(doc.name, cycle_id) + cy.SNAPSHOTS) or {}
+        referenced |= {(replica_blob_name(doc.name, disk), snap) for disk, snap in taken.items()}
+    orphans = []
+    for disk in doc.disks:
+        blob = replica_blob_name(doc.name, disk.name)
+        with contextlib.suppress(NotFoundError):
+            orphans += [(blob, snap) for snap in replicas.snapshots(blob) if (blob, snap) not in referenced]
+    return orphans
