@@ -44,6 +44,9 @@ def markdown(kind: str, run_label: str, rows: list[MachineResult], resource_grou
             f"| {r.machine} | {r.vm_name} | {r.ip} | {r.point_id} | {r.consistency} | {r.rpo_seconds:.1f} s "
             f"| {r.rto_seconds:.1f} s | {'yes' if r.verified else 'NO'} ({r.bytes_verified / 2**20:.1f} MiB) |"
         )
+    for r in rows:
+        if r.script_output:
+            lines += ["", f"## Post-failover script on {r.machine}", "", "```", r.script_output.rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 

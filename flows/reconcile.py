@@ -1,4 +1,5 @@
-"""reconcile: find what runs that crashed or failed left in Azure (by their tag) and remove it.
+"""reconcile: find what runs of this site that crashed or failed left in Azure (by their
+tags: drbook-site, drbook-run) and remove it.
 
 A run's resources are kept while its Prefect flow run is live (running, paused, pending)
 or when it completed (a drill awaiting cleanup, a failed-over production VM)."""
@@ -9,7 +10,7 @@ from prefect import flow, get_client
 from prefect.client.schemas.objects import StateType
 
 from drbook.adapters.azure import map_azure_errors
-from drbook.failover.build import TAG_RUN, sweep_run
+from drbook.failover.build import TAG_RUN, TAG_SITE, sweep_run
 from drbook.site import open_site
 
 KEEP = {StateType.RUNNING, StateType.PAUSED, StateType.PENDING, StateType.SCHEDULED, StateType.COMPLETED}
@@ -32,7 +33,8 @@ def _run_states(run_ids: set[str]) -> dict[str, StateType | None]:
 def reconcile_flow(dry_run: bool = False, site_path: str | None = None) -> dict:
     site = open_site(site_path)
     with map_azure_errors("list tagged resources"):
-        tagged = [r for r in site.azure.resource.resources.list() if (r.tags or {}).get(TAG_RUN)]
+        tagged = [r for r in site.azure.resource.resources.list(filter=f"tagName eq '{TAG_SITE}' and tagValue eq '{site.cfg.site}'")
+                  if (r.tags or {}).get(TAG_RUN)]
     runs = {r.tags[TAG_RUN] for r in tagged}
     states = _run_states(runs)
     orphans = sorted(rid for rid, st in states.items() if st not in KEEP)

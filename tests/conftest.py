@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
 
 import pytest
+import yaml
 
 from lab.spec import load_spec
 
@@ -24,7 +27,7 @@ def lab_control():
 
     lab = Lab(_SPEC)
     already = lab.services()
-    status = lab.up()
+    lab.up()
     yield lab
     if not os.environ.get("DRBOOK_KEEP_LAB") and not all(already.values()):
         lab.down()
@@ -43,3 +46,20 @@ def prefect_fast():
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+@pytest.fixture(scope="session")
+def site_path(lab, tmp_path_factory, prefect_fast) -> str:
+    """The lab's site config with names of this session's own (vault, containers, resource
+    group), so tests never meet the demo's state."""
+    tag = uuid.uuid4().hex[:6]
+    doc = yaml.safe_load(Path(lab["site_config"]).read_text())
+    doc["site"] = f"test-{tag}"
+    doc["azure"]["resource_group"] = f"drbook-test-{tag}"
+    doc["azure"]["containers"] = {"cache": f"t{tag}-cache", "replicas": f"t{tag}-replicas", "vault": f"t{tag}-vault"}
+    path = tmp_path_factory.mktemp("site") / "site.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    from drbook.site import forget_sites
+
+    forget_sites()
+    return str(path)

@@ -1,6 +1,5 @@
-"""Fixtures for end-to-end tests on the lab: a site of the session's own (its own vault,
-containers and resource group, so tests never meet the demo's state), the workload writer
-with what the disks held before it started, and answering approvals."""
+"""Helpers for end-to-end tests on the lab: the workload writer with what the disks held
+before it started, and flows run in a thread while a test answers their approval."""
 
 from __future__ import annotations
 
@@ -12,24 +11,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-import yaml
-
-from drbook.site import forget_sites
-
-
-@pytest.fixture(scope="session")
-def site_path(lab, tmp_path_factory, prefect_fast) -> str:
-    """The lab's site config with names of this session's own."""
-    tag = uuid.uuid4().hex[:6]
-    doc = yaml.safe_load(Path(lab["site_config"]).read_text())
-    doc["site"] = f"test-{tag}"
-    doc["azure"]["resource_group"] = f"drbook-test-{tag}"
-    doc["azure"]["containers"] = {"cache": f"t{tag}-cache", "replicas": f"t{tag}-replicas", "vault": f"t{tag}-vault"}
-    path = tmp_path_factory.mktemp("site") / "site.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    forget_sites()
-    return str(path)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from flows.prepare_azure import prepare_azure_flow
 from flows.replication import enable_replication_flow, replicate_flow
 from flows.test_failover import drill_cleanup_flow, drill_flow
 from lab.workload import paused_seq
-from tests.lab_site import run_in_thread, site_path, start_writer, wait_for_paused_run  # noqa: F401
+from tests.lab_site import run_in_thread, start_writer, wait_for_paused_run
 
 pytestmark = pytest.mark.lab
 
@@ -233,3 +233,41 @@ def test_planned_failover_of_a_group_loses_no_write(lab, site, site_path, tmp_pa
             assert got == w.expected(d["disk"], w.last_seq()), f"{w.machine}/{d['disk']} lost writes"
     assert {site.vault.item(m).state for m in ("app01", "app02")} == {ItemState.FAILED_OVER}
     assert "all disks verified" in open(result["report"]).read()
+
+
+def test_reconcile_removes_what_crashed_runs_left_and_keeps_completed_ones(site, site_path):
+    import uuid
+
+    from azure.mgmt.compute.models import CreationData, Disk
+    from azure.mgmt.network.models import NetworkInterface, NetworkInterfaceIPConfiguration, Subnet
+    from prefect import flow
+
+    from flows.reconcile import reconcile_flow
+
+    @flow(name="a-run-that-dies")
+    def dies() -> None:
+        raise RuntimeError("the process server lost power")
+
+    failed_run = str(dies(return_state=True).state_details.flow_run_id)
+    unknown_run = str(uuid.uuid4())
+    rg = site.cfg.azure.resource_group
+    prod = site.cfg.network_mapping[0]
+    subnet_id = site.azure.network.subnets.get(rg, prod.target_vnet, prod.target_subnet).id
+    for run_id, name in ((failed_run, "leftover-a"), (unknown_run, "leftover-b")):
+        tags = {"drbook-site": site.cfg.site, "drbook-run": run_id, "drbook-item": "db01"}
+        site.azure.compute.disks.begin_create_or_update(rg, f"{name}-disk", Disk(
+            location=site.cfg.azure.location, tags=tags, disk_size_gb=1,
+            creation_data=CreationData(create_option="Empty"))).result()
+        site.azure.network.network_interfaces.begin_create_or_update(rg, f"{name}-nic", NetworkInterface(
+            location=site.cfg.azure.location, tags=tags, ip_configurations=[NetworkInterfaceIPConfiguration(
+                name="ipconfig1", subnet=Subnet(id=subnet_id), private_ip_allocation_method="Dynamic")])).result()
+    kept_vms = [vm.name for vm in site.azure.compute.virtual_machines.list(rg)]
+    assert kept_vms, "the committed failover's VM is there"
+
+    dry = reconcile_flow(dry_run=True, site_path=site_path)
+    assert set(dry["orphan_runs"]) == {failed_run, unknown_run}
+    assert len(resources_of_run(site.azure, failed_run)) == 2
+    done = reconcile_flow(site_path=site_path)
+    assert set(done["removed"]) == {failed_run, unknown_run}
+    assert resources_of_run(site.azure, failed_run) == [] and resources_of_run(site.azure, unknown_run) == []
+    assert [vm.name for vm in site.azure.compute.virtual_machines.list(rg)] == kept_vms

@@ -8,7 +8,6 @@ from drbook.site import open_site
 from flows.discover import discover_flow
 from flows.push_mobility import push_mobility_flow
 from lab.spec import load_spec
-from tests.lab_site import site_path  # noqa: F401
 
 pytestmark = pytest.mark.lab
 

@@ -18,7 +18,7 @@ from tests.blob_fixtures import AzuriteInfo, azurite, azurite_blob  # noqa: F401
 
 from drbook.agent import agent as agent_mod
 from drbook.config import AzureConfig, ContainerNames, DiskConfig, MachineConfig, SiteConfig
-from drbook.errors import PreflightError
+from drbook.errors import DRError, PreflightError, ReplicationError
 from drbook.models import ItemState, Policy, ProtectedItem, RecoveryPoint
 from drbook.replication import vhd
 from drbook.replication.blobs import Replicas
@@ -407,3 +407,31 @@ def test_a_crash_during_the_initial_copy(env: Env, phase: str):
     assert env.snapshot_bytes(points[-1], "disk0") == m.disks["disk0"].read_bytes()
     assert all(env.engine.verify_point("db01", p.id).ok for p in points)
     assert not env.vault.item("db01").disks[0].resync_required and env.cache_names() == []
+
+
+def test_a_member_that_cannot_freeze_aborts_the_group_and_thaws_the_others(env: Env):
+    a = env.add_machine("app01", {"disk0": MIB})
+    b = env.add_machine("app02", {"disk0": MIB})
+    for x in (a, b):
+        env.engine.enable_replication(x.cfg, Policy(), group="app")
+    thawed = env.tmp / "app01-thawed"
+    a.cfg.crash_thaw_hooks.append(f"touch {thawed}")
+    before = {n: env.vault.item(n).last_point_id for n in ("app01", "app02")}
+    engine = env.engine_with(settings=SETTINGS.model_copy(update={"barrier_timeout": 1.0}))
+    b.cfg.crash_hooks.insert(0, "sleep 3")  # app02 freezes too late for the barrier
+    with pytest.raises(ReplicationError, match="group barrier aborted.*app02: not frozen within 1s"):
+        engine.run_group_cycle("app", ["app01", "app02"])
+    assert thawed.exists(), "app01 was frozen for the barrier and must be thawed"
+    b.cfg.crash_hooks.pop(0)
+    b.cfg.python = "/nonexistent/python3"  # app02's agent does not even start
+    thawed.unlink()
+    with pytest.raises(DRError, match="app02"):
+        env.engine.run_group_cycle("app", ["app01", "app02"])
+    assert {n: env.vault.item(n).last_point_id for n in ("app01", "app02")} == before
+    assert len(PointStore(env.vault).points("app01")) == 1 and env.cache_names() == []
+    # A member whose freeze hook fails: the group still gets its points, honestly inconsistent.
+    b.cfg.python = sys.executable
+    b.cfg.crash_hooks.insert(0, "exit 9")
+    points = env.engine.run_group_cycle("app", ["app01", "app02"])
+    assert [p.consistency for p in points] == ["inconsistent", "inconsistent"]
+    assert all(any("freeze hooks of app02 failed" in e for e in p.freeze_evidence) for p in points)

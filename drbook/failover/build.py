@@ -28,6 +28,7 @@ from drbook.replication.manifest import Manifest
 TAG_ITEM = "drbook-item"
 TAG_RUN = "drbook-run"
 TAG_PURPOSE = "drbook-purpose"
+TAG_SITE = "drbook-site"
 VHD_FOOTER = 512
 READ_CHUNK = 4 * 1024 * 1024
 
@@ -39,6 +40,7 @@ class DiskPlan(BaseModel):
 
 
 class MachinePlan(BaseModel):
+    site: str
     item: str
     machine: str
     run_id: str
@@ -56,16 +58,16 @@ class MachinePlan(BaseModel):
 
     @property
     def tags(self) -> dict[str, str]:
-        return {TAG_ITEM: self.item, TAG_RUN: self.run_id, TAG_PURPOSE: self.purpose}
+        return {TAG_SITE: self.site, TAG_ITEM: self.item, TAG_RUN: self.run_id, TAG_PURPOSE: self.purpose}
 
 
-def plan_machine(*, item: str, machine: str, point: RecoveryPoint, run_id: str, purpose: Literal["drill", "failover"],
+def plan_machine(*, site: str, item: str, machine: str, point: RecoveryPoint, run_id: str, purpose: Literal["drill", "failover"],
                  resource_group: str, location: str, size: str, nic: NicPlan, network_resource_group: str,
                  name_suffix: str = "") -> MachinePlan:
     """Names are derived from the machine (and, for drills, the drill id) so a retry finds its own resources."""
     base = f"{machine}{name_suffix}"
     return MachinePlan(
-        item=item, machine=machine, run_id=run_id, purpose=purpose, resource_group=resource_group, location=location,
+        site=site, item=item, machine=machine, run_id=run_id, purpose=purpose, resource_group=resource_group, location=location,
         vm_name=f"{base}-vm", size=size, nic_name=f"{base}-nic0", nic=nic, network_resource_group=network_resource_group,
         disks=[DiskPlan(disk=d.disk, name=f"{base}-{d.disk}", point_disk=d) for d in point.disks],
         point_id=point.id, point_time=point.time,

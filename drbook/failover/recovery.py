@@ -84,7 +84,7 @@ def plan_recovery(site: SiteConfig, items: list[ProtectedItem], chosen: dict[str
             taken.add(nic.static_ip)
         size = choose_size(machine.name, machine.cpus or 1, machine.memory_mb or 1024, sizes, machine.vm_size)
         plans.append(plan_machine(
-            item=item.name, machine=machine.name, point=chosen[item.name], run_id=run_id, purpose=purpose,
+            site=site.site, item=item.name, machine=machine.name, point=chosen[item.name], run_id=run_id, purpose=purpose,
             resource_group=resource_group, location=site.azure.location, size=size, nic=nic,
             network_resource_group=site.azure.resource_group, name_suffix=name_suffix,
         ))
