@@ -96,6 +96,14 @@ def _on_signal(signum, frame):
     raise Terminated("signal %d" % signum)
 
 
+def _ignore_signals():
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 # -- framing ------------------------------------------------------------------------------
 
 
@@ -240,6 +248,8 @@ class Freezer(object):
             self.thaw_started = time.time()
             self.thawed_early = early
             self.done.set()
+            if not early:
+                _ignore_signals()  # a second SIGTERM must not cut the thaw short
             for hook in self.thaw_hooks:
                 self.thaw_results.append(run_hook(hook, self.timeout))
 

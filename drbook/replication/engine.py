@@ -442,13 +442,16 @@ class ReplicationEngine:
         stop_watch = threading.Event()
         watchdog = threading.Thread(target=self._watch, args=(runs, stop_watch), daemon=True, name="agent-watchdog")
         watchdog.start()
+        abort = None
         try:
             if barrier:
-                go_time = self._barrier(runs)
+                go_time, abort = self._barrier(runs)
             for t in threads:
                 t.join()
         finally:
             stop_watch.set()
+        if abort is not None:
+            raise ReplicationError(abort, retryable=True)
         for run in runs:
             if run.error is not None:
                 raise run.error
@@ -473,7 +476,7 @@ class ReplicationEngine:
                     with contextlib.suppress(Exception):
                         run.proc.kill()
 
-    def _barrier(self, runs: list[_Run]) -> dt.datetime:
+    def _barrier(self, runs: list[_Run]) -> tuple[dt.datetime, str | None]:
         """Freeze every member, then let all read at once: the group's one instant."""
         deadline = time.monotonic() + self.settings.barrier_timeout
         for run in runs:
@@ -486,12 +489,11 @@ class ReplicationEngine:
                 run.proc.stdin.write(signal)
                 run.proc.stdin.flush()
                 run.proc.stdin.close()
-        if not frozen:
-            missing = [r.machine.name for r in runs if r.receiver.frozen is None or r.error is not None]
-            for run in runs:
-                if run.error is None:
-                    run.error = ReplicationError(f"group barrier aborted: {', '.join(missing)} did not freeze in time")
-        return go_time
+        if frozen:
+            return go_time, None
+        why = [f"{r.machine.name}: {r.error}" if r.error is not None else f"{r.machine.name}: not frozen within "
+               f"{self.settings.barrier_timeout:g}s" for r in runs if r.receiver.frozen is None or r.error is not None]
+        return go_time, "group barrier aborted, every member thawed: " + "; ".join(why)
 
     def _barrier_verdict(self, runs: list[_Run]) -> str:
         failed = [r.machine.name for r in runs if not (r.receiver.frozen or {}).get("ok")]

@@ -4,7 +4,9 @@ assume it."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -54,14 +56,28 @@ class LocalProcess:
     def stderr_text(self) -> str:
         return self._stderr.buf.decode("utf-8", "replace")
 
-    def kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
+    def kill(self, grace: float = 10.0) -> None:
+        """Like a dropped SSH channel: the pipes close, and the command sees EOF / EPIPE (the
+        agent thaws and exits on it). Signals only for a command still there after `grace`."""
         for pipe in (self._proc.stdin, self._proc.stdout):
             try:
                 pipe.close()
             except OSError:
                 pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                self._proc.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                self._signal(sig)  # its own session: the shell and what it runs
+                grace = 5.0
+        self._proc.wait()
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self._proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 class LocalShell:
