@@ -33,8 +33,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
 REQUEST = "pause.request"
 ACK = "pause.ack"
 RUNNING = "running"
@@ -49,6 +47,9 @@ MAX_PAUSE_S = 900.0
 def data_for(seed: int, seq: int, length: int) -> bytes:
     """The bytes of write `seq`: AES-CTR keystream under a key from the seed, counter
     starting at seq << 64 (so no two writes share keystream)."""
+    # Imported here: the pause/resume hooks run per cycle and should start fast.
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     key = hashlib.sha256(f"drbook-workload:{seed}".encode()).digest()
     enc = Cipher(algorithms.AES(key), modes.CTR((seq << 64).to_bytes(16, "big"))).encryptor()
     return enc.update(bytes(length)) + enc.finalize()

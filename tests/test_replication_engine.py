@@ -417,9 +417,9 @@ def test_a_member_that_cannot_freeze_aborts_the_group_and_thaws_the_others(env: 
     thawed = env.tmp / "app01-thawed"
     a.cfg.crash_thaw_hooks.append(f"touch {thawed}")
     before = {n: env.vault.item(n).last_point_id for n in ("app01", "app02")}
-    engine = env.engine_with(settings=SETTINGS.model_copy(update={"barrier_timeout": 1.0}))
-    b.cfg.crash_hooks.insert(0, "sleep 3")  # app02 freezes too late for the barrier
-    with pytest.raises(ReplicationError, match="group barrier aborted.*app02: not frozen within 1s"):
+    engine = env.engine_with(settings=SETTINGS.model_copy(update={"barrier_timeout": 0.5}))
+    b.cfg.crash_hooks.insert(0, "sleep 1.5")  # app02 freezes too late for the barrier
+    with pytest.raises(ReplicationError, match="group barrier aborted.*app02: not frozen within 0.5s"):
         engine.run_group_cycle("app", ["app01", "app02"])
     assert thawed.exists(), "app01 was frozen for the barrier and must be thawed"
     b.cfg.crash_hooks.pop(0)
