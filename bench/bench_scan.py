@@ -119,10 +119,15 @@ def machine_info() -> dict:
 
 
 def write_result(name: str, doc: dict) -> Path:
+    """bench/results/<name>.json (the latest) and <name>-<time>.json (kept: the box is shared
+    and runs vary with its load)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
+    when = time.gmtime()
+    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", when), **doc, "machine": machine_info()}
+    text = json.dumps(doc, indent=2) + "\n"
+    (RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', when)}.json").write_text(text)
     out = RESULTS / f"{name}.json"
-    doc = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **doc, "machine": machine_info()}
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    out.write_text(text)
     return out
 
 
