@@ -197,7 +197,8 @@ def test_group_points_share_an_id_and_one_frozen_instant(env: Env):
     import time
 
     time.sleep(0.3)
-    points = env.engine.run_group_cycle("app", ["app01", "app02"])
+    points = env.engine.run_group_cycle("app")  # members from groups/app.json
+    assert [p.item for p in points] == ["app01", "app02"]
     a.stop_writer()
     b.stop_writer()
     assert len({p.id for p in points}) == 1 and all(p.group == "app" for p in points)

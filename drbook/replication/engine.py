@@ -34,8 +34,18 @@ from pydantic import BaseModel
 
 from drbook.adapters.shell import RemoteProcess, RemoteShell
 from drbook.config import MachineConfig, PolicyConfig, SiteConfig
-from drbook.errors import DRError, NotFoundError, PreflightError, ProtocolError, ReplicationError
-from drbook.models import ItemState, Policy, PointDisk, ProtectedDisk, ProtectedItem, RecoveryPoint, new_id, utcnow
+from drbook.errors import ConflictError, DRError, NotFoundError, PreflightError, ProtocolError, ReplicationError
+from drbook.models import (
+    ItemState,
+    Policy,
+    PointDisk,
+    ProtectedDisk,
+    ProtectedItem,
+    RecoveryPoint,
+    ReplicationGroup,
+    new_id,
+    utcnow,
+)
 from drbook.replication import cycle as cy
 from drbook.replication import protocol as p
 from drbook.replication import segments, vhd
@@ -153,9 +163,13 @@ class ReplicationEngine:
         """One cycle of one item; returns its new recovery point."""
         return self._cycles([item], want, group=None, progress=progress)[0]
 
-    def run_group_cycle(self, group: str, items: list[str], want: Want = "crash",
+    def run_group_cycle(self, group: str, items: list[str] | None = None, want: Want = "crash",
                         progress: cy.Progress | None = None) -> list[RecoveryPoint]:
-        """One cycle of every member, frozen at one barrier; the points share one id."""
+        """One cycle of every member (default: the members in groups/<group>.json), frozen
+        at one barrier; the points share one id."""
+        if items is None:
+            doc = self.vault.find(f"groups/{group}.json", ReplicationGroup)
+            items = doc.members if doc else []
         if not items:
             raise PreflightError(f"group {group!r} has no members")
         return self._cycles(list(items), want, group=group, progress=progress)
@@ -188,6 +202,8 @@ class ReplicationEngine:
             # is protected now is what the site config says.
             item = self.vault.update(f"items/{machine.name}.json", ProtectedItem, lambda i: i.model_copy(
                 update={"disks": disks, "policy": pol, "group": group, "vm_name": machine.vm_name}))
+        if group is not None:
+            self._join_group(group, machine.name)
         if item.state == ItemState.UNPROTECTED:
             item = self.vault.transition(machine.name, ItemState.INITIAL_REPLICATION, reason="enable replication")
         if item.state == ItemState.INITIAL_REPLICATION:
@@ -195,6 +211,24 @@ class ReplicationEngine:
             item = self.vault.transition(machine.name, ItemState.PROTECTED,
                                          reason=f"initial copy complete: recovery point {point.id}")
         return item
+
+    def _join_group(self, group: str, item: str) -> None:
+        key = f"groups/{group}.json"
+
+        def add(doc: ReplicationGroup) -> None:
+            if item not in doc.members:
+                doc.members.append(item)
+
+        for _ in range(3):
+            try:
+                self.vault.update(key, ReplicationGroup, add)
+                return
+            except NotFoundError:
+                try:
+                    self.vault.put(key, ReplicationGroup(name=group, members=[item]), create_only=True)
+                    return
+                except ConflictError:
+                    continue  # created meanwhile: update it
 
     def verify_point(self, item: str, point_id: str, progress: cy.Progress | None = None) -> VerifyReport:
         """Re-read every disk of a point's snapshots and check each block's SHA-256 against
