@@ -148,6 +148,30 @@ def rsync(sshd: Sshd, new: Path, dest: Path) -> dict:
             "matched_data": stat("Matched data")}
 
 
+def azurite_ceiling(service, workers: int) -> dict:  # noqa: ANN001
+    """What the sink itself takes: page writes of 4 MiB and of 4 KiB with `workers` threads,
+    and the client CPU the SDK spends per request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    container = service.get_container_client(f"ceiling-{uuid.uuid4().hex[:8]}")
+    container.create_container()
+    try:
+        blob = container.get_blob_client("p")
+        blob.create_page_blob(1024 ** 3)
+        out = {}
+        for size, count in ((4 * 1024 * 1024, 48), (4096, 600)):
+            data = os.urandom(size)
+            wall, cpu = time.perf_counter(), time.process_time()
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda i: blob.upload_page(data, offset=i * max(size, 1024 * 1024), length=size), range(count)))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            out[f"page_writes_{size // 1024}k"] = {"per_s": round(count / wall), "mb_per_s": round(count * size / 1e6 / wall, 1),
+                                                  "client_cpu_ms_per_request": round(cpu / count * 1000, 2)}
+        return out
+    finally:
+        container.delete_container()
+
+
 def full_cycle(sshd: Sshd, old: Path, picks_src: Path, picks: list[int], work: Path, workers: int) -> dict:
     """Initial copy of `old` to a fresh Azurite, then the delta cycle after the writes."""
     from tests.blob_fixtures import ACCOUNT, AZURITE_BLOB, KEY
@@ -206,7 +230,10 @@ def full_cycle(sshd: Sshd, old: Path, picks_src: Path, picks: list[int], work: P
         phases["cleanup"] = round(time.perf_counter() - started - sum(phases.values()), 3)
         stats = engine.last_stats["bench01"]
         cached = sum(b.size for b in service.get_container_client(names.cache).list_blobs())
+        ceiling = azurite_ceiling(service, workers)
+        print(f"  azurite: {ceiling}", flush=True)
         return {
+            "azurite_ceiling": ceiling,
             "initial_copy": {"seconds": round(initial, 3), "stream_bytes": initial_stats["stream_bytes"],
                              "mb_per_s": round(work.stat().st_size / 1e6 / initial, 1)},
             "delta_cycle": {"seconds": round(delta, 3), "phases_s": phases, "stream_bytes": stats["stream_bytes"],
@@ -278,7 +305,7 @@ def main() -> int:
                 f.unlink(missing_ok=True)
     out = write_result("delta", doc)
     ours = doc["agent"]["64k+4k-sub/openssh"]
-    line = (f"delta 4 GiB, 1% random 4 KiB writes ({change['bytes_changed'] / 1e6:.1f} MB changed): "
+    line = (f"delta {size / GIB:g} GiB, {args.fraction:.0%} random 4 KiB writes ({change['bytes_changed'] / 1e6:.1f} MB changed): "
             f"agent over ssh {ours['seconds']:.2f} s sending {ours['stream_bytes'] / 1e6:.1f} MB")
     if "rsync" in doc:
         r = doc["rsync"]
