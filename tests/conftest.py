@@ -48,18 +48,23 @@ def prefect_fast():
         yield
 
 
-@pytest.fixture(scope="session")
-def site_path(lab, tmp_path_factory, prefect_fast) -> str:
-    """The lab's site config with names of this session's own (vault, containers, resource
-    group), so tests never meet the demo's state."""
+def make_site(lab: dict, directory: Path) -> str:
+    """The lab's site config with names of its own (vault, containers, resource group), so
+    tests never meet the demo's state or each other's."""
+    from drbook.site import forget_sites
+
     tag = uuid.uuid4().hex[:6]
     doc = yaml.safe_load(Path(lab["site_config"]).read_text())
     doc["site"] = f"test-{tag}"
     doc["azure"]["resource_group"] = f"drbook-test-{tag}"
     doc["azure"]["containers"] = {"cache": f"t{tag}-cache", "replicas": f"t{tag}-replicas", "vault": f"t{tag}-vault"}
-    path = tmp_path_factory.mktemp("site") / "site.yaml"
+    path = directory / f"site-{tag}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    from drbook.site import forget_sites
-
     forget_sites()
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def site_path(lab, tmp_path_factory, prefect_fast) -> str:
+    """A site of this test module's own on the lab."""
+    return make_site(lab, tmp_path_factory.mktemp("site"))
