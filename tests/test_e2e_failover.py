@@ -7,6 +7,9 @@ manifests the flows verify against.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -38,6 +41,10 @@ def _disk_bytes(site, rg: str, name: str, size: int) -> bytes:
         return reader.download_blob(offset=0, length=size).readall()
     finally:
         compute.disks.begin_revoke_access(rg, name).result()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "drbook.cli", *args], capture_output=True, text=True, check=True)
 
 
 def _deallocate(site, vm: dict) -> None:
@@ -140,7 +147,10 @@ def test_rejected_or_unanswered_approval_changes_nothing(site, site_path):
     before_item = site.vault.item("db01")
     thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60, site_path=site_path)
     run_id = wait_for_paused_run(["db01"])
-    answer(run_id, approve=False, comment="not today", approver="tester")
+    # As a person would: list what waits, then reject it.
+    waiting = json.loads(_cli("approvals", "--json").stdout)
+    assert any(w["run_id"] == run_id and w["flow"] == "failover" and w["machines"] == "db01" for w in waiting)
+    _cli("approve", run_id, "--reject", "--comment", "not today")
     thread.join(60)
     assert isinstance(out.get("error"), ApprovalRejected)
     assert resources_of_run(site.azure, run_id) == []
