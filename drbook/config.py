@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drbook.errors import ConfigError
+from drbook.models import Policy
 from drbook.secrets import SecretRef
 
 
@@ -115,12 +116,10 @@ class MachineConfig(_Strict):
     shutdown_command: str = Field("shutdown -h now", description="clean shutdown of a physical server (planned failover)")
 
 
-class PolicyConfig(_Strict):
-    name: str = "default"
-    rpo_threshold_minutes: int = 15
-    crash_frequency_minutes: int = 5
-    app_frequency_minutes: int = 60
-    retention_hours: float = 24
+class PolicyConfig(Policy):
+    """A replication policy as the site config names it (the vault's Policy, strictly parsed)."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ProcessServerConfig(_Strict):
