@@ -7,11 +7,9 @@ If `up` fails part-way, it stops what this call started, so nothing is left half
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
-import ssl
 import subprocess
 import sys
 import time
@@ -379,11 +377,3 @@ class Lab:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(site, sort_keys=False))
         tmp.replace(path)
-
-
-def status_json(lab: Lab) -> str:
-    return json.dumps(lab.status(), indent=2)
-
-
-def ssl_context(ca_bundle: str) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=ca_bundle)

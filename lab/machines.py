@@ -8,7 +8,6 @@ its root: `<lab>/machines/<name>/` with `disks/` and `opt/drbook/` (the agent's 
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -85,7 +84,7 @@ def ensure_disks(lab: Path, spec: MachineSpec) -> None:
         with open(tmp, "wb") as f:
             f.truncate(size)
             filled = int(size * INITIAL_FILL) // (1024 * 1024)
-            for mib in range(filled):
+            for _ in range(filled):
                 f.write(rng.randbytes(1024 * 1024))
         tmp.rename(path)
 
@@ -176,7 +175,3 @@ def machine_status(lab: Path, spec: MachineSpec, keys: SshKeys) -> dict:
             for d in spec.disks
         ],
     }
-
-
-def user_is_root() -> bool:
-    return os.geteuid() == 0

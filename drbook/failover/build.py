@@ -287,12 +287,6 @@ def delete_resource(clients: AzureClients, kind: Literal["VM", "NIC", "disk"], r
         return False
 
 
-def delete_machine(clients: AzureClients, plan: MachinePlan) -> list[str]:
-    """Remove what building `plan` made, in dependency order; missing pieces are fine."""
-    parts = [("VM", plan.vm_name), ("NIC", plan.nic_name)] + [("disk", d.name) for d in plan.disks]
-    return [f"{kind} {name}" for kind, name in parts if delete_resource(clients, kind, plan.resource_group, name)]
-
-
 _DELETE_ORDER = ("Microsoft.Compute/virtualMachines", "Microsoft.Network/networkInterfaces",
                  "Microsoft.Network/publicIPAddresses", "Microsoft.Compute/snapshots", "Microsoft.Compute/disks")
 
