@@ -12,13 +12,7 @@ from tasks.policy import ONCE, REMOTE
 
 def points_of(site: Site, item: str) -> list[RecoveryPoint]:
     """Recovery points of an item, newest first."""
-    points = site.vault.list(f"points/{item}/", RecoveryPoint)
-    return sorted(points, key=lambda p: p.time, reverse=True)
-
-
-@task(name="replicate-cycle", **REMOTE)
-def run_cycle(site_path: str, item: str, want: str = "crash") -> RecoveryPoint:
-    return open_site(site_path).engine.run_cycle(item, want=want)
+    return sorted(site.engine.points.points(item), key=lambda p: p.time, reverse=True)
 
 
 @task(name="replicate-group-cycle", **REMOTE)
