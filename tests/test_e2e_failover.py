@@ -192,20 +192,27 @@ def test_failed_provisioning_rolls_back_with_nothing_leaked(site, site_path, arm
     assert site.vault.item("db01").state == ItemState.PROTECTED
 
 
-def test_transient_arm_faults_still_end_in_a_completed_failover_then_commit(site, site_path, arm):
+def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_commits(
+        site, site_path, arm, lab_control):
+    """The data center is gone (db01's sshd is down): `latest` cannot take a final point and
+    falls back to the newest one; ARM throttles and fails once on the way; it completes."""
+    newest = max(site.engine.points.points("db01"), key=lambda p: p.time)
+    lab_control.managed("sshd-db01").stop()
     arm.inject_fault("Microsoft.Compute/disks/write", server_error=1)
     arm.inject_fault("Microsoft.Network/networkInterfaces/write", throttle=1, retry_after=1)
     try:
-        thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60,
+        thread, out = run_in_thread(failover_flow, ["db01"], point="latest", approval_timeout=60,
                                     site_path=site_path)
         run_id = wait_for_paused_run(["db01"])
         answer(run_id, approve=True, approver="tester", comment="go")
         thread.join(300)
     finally:
         arm.clear_faults()
+        lab_control.up()
     assert "result" in out, f"failover failed: {out.get('error')!r}"
     result = out["result"]
     assert result["results"][0]["verified"]
+    assert result["results"][0]["point_id"] == newest.id
     item = site.vault.item("db01")
     assert item.state == ItemState.FAILED_OVER and item.failover_point_id == result["results"][0]["point_id"]
     vm = site.azure.compute.virtual_machines.get(site.cfg.azure.resource_group, result["vms"][0]["vm_name"])
