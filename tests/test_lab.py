@@ -194,3 +194,33 @@ def test_the_workload_log_reproduces_a_machine_disk_exactly(lab):
     after = Path(disk["path"]).read_bytes()
     assert after != before
     assert replay(log, disk["name"], before, max(w["seq"] for w in writes)) == after
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_vcsim_build_stops_lab_up_and_leaves_nothing_started(tmp_path, monkeypatch):
+    import lab.control as control
+
+    spec = load_spec()
+    ports = spec.ports.model_copy(update={k: _free_port() for k in ("vcenter", "azurite", "arm", "prefect", "winrm")})
+    lab = Lab(spec.model_copy(update={"ports": ports}), tmp_path / "lab", say=lambda _m: None)
+    monkeypatch.setitem(control.GO_ENV, "GOPATH", str(tmp_path / "no-govmomi-here"))  # the real `go build` fails
+    with pytest.raises(LabError, match="building vcsim failed"):
+        lab.up()
+    assert not any(lab.services().values()), "what this `lab up` started (Azurite, ARM) must be stopped again"
+
+
+def test_a_missing_debian_package_is_named(tmp_path, monkeypatch):
+    import lab.control as control
+
+    lab = Lab(load_spec(), tmp_path / "lab", say=lambda _m: None)
+    monkeypatch.setattr(control.shutil, "which", lambda name: None)  # no `go` on PATH, no vcsim built yet
+    with pytest.raises(LabError, match=r"golang-go \(Debian\).*make setup"):
+        lab.up()
+    assert not any(lab.services().values())
