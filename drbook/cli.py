@@ -247,6 +247,8 @@ def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say wha
     for r in retention_flow(dry_run=dry_run, site_path=_site_path(site)):
         for line in r["actions"]:
             out.print(line)
+        verb = "would keep" if dry_run else "kept"
+        out.print(f"{r['item']}: {verb} {len(r['kept'])} points, {'would purge' if dry_run else 'purged'} {len(r['purged'])}")
 
 
 @app.command("prepare-azure")
