@@ -8,6 +8,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -143,6 +144,9 @@ def test_lab_up_is_idempotent_and_restarts_what_died(lab_control):
     pid = azurite.pid()
     assert pid
     os.killpg(pid, signal.SIGKILL)  # a crash: the pid file stays, the process is gone
+    deadline = time.monotonic() + 10
+    while azurite.running() and time.monotonic() < deadline:  # the kill lands asynchronously
+        time.sleep(0.05)
     lab_control.up()
     assert azurite.running() and azurite.pid() != pid
     before = {n: lab_control.managed(n).pid() for n in lab_control.services()}
