@@ -68,3 +68,20 @@ def make_site(lab: dict, directory: Path) -> str:
 def site_path(lab, tmp_path_factory, prefect_fast) -> str:
     """A site of this test module's own on the lab."""
     return make_site(lab, tmp_path_factory.mktemp("site"))
+
+
+@pytest.fixture(scope="module")
+def vc(tmp_path_factory):
+    """A vCenter simulator of the module's own (its tests power VMs off, add and remove
+    them), with the lab's VMs in it."""
+    from lab.vcenter import populate, simulator
+
+    with simulator(tmp_path_factory.mktemp("vcsim")) as sim:
+        populate(sim.url, sim.user, sim.password, str(sim.ca_bundle), _SPEC)
+        yield sim
+
+
+@pytest.fixture
+def conn(vc):
+    with vc.connect() as c:
+        yield c

@@ -7,7 +7,6 @@ import json
 import uuid
 from types import SimpleNamespace
 
-import pytest
 from pyVmomi import vim
 from rich.console import Console
 from tests.blob_fixtures import azurite, azurite_blob  # noqa: F401  (fixtures)
@@ -29,23 +28,10 @@ from drbook.discovery import (
 )
 from drbook.vault import Vault
 from lab.spec import MachineSpec, load_spec
-from lab.vcenter import Placement, SimulatorInfo, create_vm, populate, simulator
+from lab.vcenter import Placement, SimulatorInfo, create_vm
 
 SPEC = load_spec()
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def vc(tmp_path_factory: pytest.TempPathFactory):
-    with simulator(tmp_path_factory.mktemp("vcsim")) as sim:
-        populate(sim.url, sim.user, sim.password, str(sim.ca_bundle), SPEC)
-        yield sim
-
-
-@pytest.fixture
-def conn(vc: SimulatorInfo):
-    with vc.connect() as c:
-        yield c
 
 
 def _site(**machines_extra) -> SiteConfig:

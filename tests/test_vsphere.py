@@ -17,22 +17,9 @@ from drbook.config import SiteConfig
 from drbook.errors import ConfigError, VSphereError
 from lab.ca import ensure_certs
 from lab.spec import MachineSpec, load_spec
-from lab.vcenter import Placement, SimulatorInfo, create_vm, populate, power_on_all, simulator
+from lab.vcenter import Placement, SimulatorInfo, create_vm, populate, power_on_all
 
 SPEC = load_spec()
-
-
-@pytest.fixture(scope="module")
-def vc(tmp_path_factory: pytest.TempPathFactory):
-    with simulator(tmp_path_factory.mktemp("vcsim")) as sim:
-        populate(sim.url, sim.user, sim.password, str(sim.ca_bundle), SPEC)
-        yield sim
-
-
-@pytest.fixture
-def conn(vc: SimulatorInfo):
-    with vc.connect() as c:
-        yield c
 
 
 # --- TLS and login --------------------------------------------------------------------------
