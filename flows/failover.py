@@ -17,7 +17,7 @@ from prefect.input import RunInput
 from prefect.transactions import transaction
 
 from drbook import state as statelib
-from drbook.errors import ApprovalRejected
+from drbook.errors import ApprovalRejected, PreflightError
 from drbook.failover import points as pointlib
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery, taken_ips
 from drbook.models import AzureVmRef, FailoverRecord, ItemState, utcnow
@@ -89,11 +89,10 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
             final = {p.item: p for p in rt.final_cycles(sp, machines) if p is not None}
             missing = sorted(set(machines) - set(final))
             if missing:
-                raise ApprovalRejected(f"planned failover needs a last cycle, but {', '.join(missing)} did not answer; "
-                                       "nothing was changed in Azure (the source stays quiesced; use an unplanned failover)")
+                raise PreflightError(f"planned failover needs a last cycle, but {', '.join(missing)} did not answer; "
+                                     "nothing was changed in Azure (the applications stay stopped; fail over unplanned)")
             for m in machines:
                 st.shut_down_source(sp, m)
-            point = "latest-processed"
             chosen = {m: final[m] for m in machines}
         else:
             if pointlib.needs_final_cycle(point):
