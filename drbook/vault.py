@@ -30,7 +30,7 @@ from azure.storage.blob import BlobLeaseClient, ContainerClient, ContentSettings
 from pydantic import BaseModel, ValidationError
 
 from drbook import state as statemachine
-from drbook.adapters.blobstore import blob_service, map_blob_errors
+from drbook.adapters.blobstore import blob_service, delete_blobs, map_blob_errors
 from drbook.config import SiteConfig
 from drbook.errors import ConflictError, DRError, LeaseHeldError, NotFoundError, VaultError
 from drbook.models import AuditEntry, ItemState, ProtectedItem, utcnow
@@ -224,15 +224,7 @@ class Vault:
         """Delete every blob under `prefix`; return how many were deleted."""
         if not prefix.strip("/"):
             raise ValueError("delete_prefix: refusing an empty prefix (it would empty the vault)")
-        deleted = 0
-        for key in self.keys(prefix):
-            try:
-                with map_blob_errors(f"delete {self._what(key)}"):
-                    self.container.get_blob_client(key).delete_blob()
-                deleted += 1
-            except NotFoundError:
-                pass
-        return deleted
+        return delete_blobs(self.container, self.keys(prefix), f"vault {self.name} blob")
 
     # -- exclusive operations ----------------------------------------------------------------
 

@@ -214,3 +214,16 @@ def map_blob_errors(what: str = "blob storage") -> Iterator[None]:
         yield
     except AzureError as exc:
         raise translate(exc, what) from None
+
+
+def delete_blobs(container: Any, names: Any, what: str) -> int:
+    """Delete the named blobs of a container; ones already gone are fine. Returns how many went."""
+    deleted = 0
+    for name in names:
+        try:
+            with map_blob_errors(f"delete {what} {name}"):
+                container.get_blob_client(name).delete_blob()
+            deleted += 1
+        except NotFoundError:
+            pass
+    return deleted

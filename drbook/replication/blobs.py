@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from drbook.adapters.blobstore import map_blob_errors
+from drbook.adapters.blobstore import delete_blobs, map_blob_errors
 from drbook.errors import NotFoundError
 from drbook.replication import vhd
 
@@ -175,12 +175,4 @@ class Cache:
         return found
 
     def delete(self, names: Iterable[str]) -> int:
-        deleted = 0
-        for name in names:
-            try:
-                with map_blob_errors(f"delete cache blob {self.container_name}/{name}"):
-                    self.container.get_blob_client(name).delete_blob()
-                deleted += 1
-            except NotFoundError:
-                pass
-        return deleted
+        return delete_blobs(self.container, names, f"cache blob {self.container_name}/")
