@@ -86,6 +86,8 @@ def main() -> int:
     ap.add_argument("--rates", default="2,5,10,20,40,70,100")
     ap.add_argument("--via", choices=("ssh", "local"), default="ssh")
     ap.add_argument("--verify", action="store_true", help="check the last point of each rate against the log")
+    ap.add_argument("--staging", choices=("cache", "local"), default="cache",
+                    help="the policy's staging: segments through the cache container or the local spool only")
     args = ap.parse_args()
 
     from drbook.adapters.ssh import ssh_shell_for
@@ -126,10 +128,10 @@ def main() -> int:
                                fault=lambda phase: marks.append((phase, time.perf_counter())))
     engine.ensure_containers()
     doc: dict = {"disk_bytes": disk.stat().st_size, "interval_s": args.interval, "cycles_per_rate": args.cycles,
-                 "via": args.via, "rates": []}
+                 "via": args.via, "staging": args.staging, "rates": []}
     try:
         started = time.perf_counter()
-        engine.enable_replication(machine, Policy())
+        engine.enable_replication(machine, Policy(staging=args.staging))
         doc["initial_copy_s"] = round(time.perf_counter() - started, 2)
         print(f"initial copy of {args.disk_gib} GiB: {doc['initial_copy_s']} s", flush=True)
         best = None
@@ -198,7 +200,7 @@ def main() -> int:
     out = write_result("rate", doc)
     print(f"rate: points every {args.interval:g} s held up to a target of {doc['highest_ok_target_mb_s']} MB/s "
           f"(achieved {doc['highest_ok_achieved_mb_s']} MB/s of random 4-256 KiB writes) on a {args.disk_gib:g} GiB disk, "
-          f"agent via {args.via}, into Azurite -> {out}")
+          f"agent via {args.via}, staging {args.staging}, into Azurite -> {out}")
     return 0
 
 

@@ -263,6 +263,51 @@ def test_a_crash_at_any_phase_loses_nothing_and_tears_no_point(env: Env, phase: 
         assert len(replicas.snapshots(f"replicas/db01/{disk}.vhd")) == len(points)
 
 
+@pytest.mark.parametrize("phase", ["after-commit-marker", "mid-apply", "after-snapshot", "after-point-recorded"])
+def test_local_staging_keeps_segments_out_of_the_cache_and_resyncs_after_a_lost_apply(env: Env, phase: str):
+    m = env.add_machine("db01", {"disk0": 2 * MIB})
+    env.engine.enable_replication(m.cfg, Policy(staging="local"))
+
+    def change() -> bytes:
+        with open(m.disks["disk0"], "r+b") as f:
+            for off in (4096, 300 * 1024, 2 * MIB - 8192):
+                f.seek(off)
+                f.write(os.urandom(4096))
+        return m.disks["disk0"].read_bytes()
+
+    first = change()
+    seen: list[str] = []
+
+    class Crash(Exception):
+        pass
+
+    def fault(at: str) -> None:
+        if at == "after-commit-marker":
+            seen.extend(env.cache_names())
+        if at == phase:
+            raise Crash(at)
+
+    with pytest.raises(Crash):
+        env.engine_with(fault=fault).run_cycle("db01")
+    assert any(n.endswith("/COMMITTED") for n in seen) and not any("/seg-" in n for n in seen), seen
+    kept = phase == "after-point-recorded"
+    second = change()
+    recovered = env.engine.run_cycle("db01")
+    points = PointStore(env.vault).points("db01")
+    assert len(points) == (3 if kept else 2)
+    # A lost apply cannot be replayed from the cache: the disk was rewritten whole.
+    assert recovered.resync is not kept
+    if kept:
+        assert env.snapshot_bytes(points[1], "disk0") == first
+    assert env.snapshot_bytes(recovered, "disk0") == second
+    assert env.engine.verify_point("db01", recovered.id).ok
+    assert not env.vault.item("db01").disks[0].resync_required
+    assert env.cache_names() == []
+    replicas = Replicas(env.service, env.site.azure.containers.replicas)
+    assert len(replicas.snapshots("replicas/db01/disk0.vhd")) == len(points)
+    assert env.engine.run_cycle("db01").resync is False
+
+
 def test_a_resized_disk_is_resynced_and_flagged(env: Env):
     m = env.add_machine("db01", {"disk0": 2 * MIB, "disk1": MIB})
     env.engine.enable_replication(m.cfg, Policy())

@@ -90,6 +90,9 @@ class CommitMarker(BaseModel):
     disks: list[MarkerDisk]
     segments: list[MarkerSegment]
     agent_version: str | None = None
+    # "local": the segments are only in the spool of the process server that wrote this
+    # marker (Policy.staging), so another process cannot replay the cycle.
+    staging: str = "cache"
 
     @property
     def layout(self) -> Layout:

@@ -375,7 +375,11 @@ class ReplicationEngine:
         cycle_id = new_id("cy")
         spool = cy.Spool(self.settings.spool_dir)
 
+        local = item.policy.staging == "local"
+
         def upload(seq: int, raw: bytes) -> int:
+            if local:
+                return 0  # the spool (Uploader.submit) holds it; nothing goes to the cache
             sealed = segments.seal(raw, self.key, name, cycle_id, seq)
             self.cache.put(cy.segment_name(name, cycle_id, seq), sealed)
             return len(sealed)
@@ -583,7 +587,7 @@ class ReplicationEngine:
             item=name, cycle_id=cycle_id, point_id=point_id, group=group, time=when, want=want,
             consistency=consistency, freeze_evidence=evidence, block_size=run.receiver.layout.block_size,
             sub_block_size=run.receiver.layout.sub_block_size, sub_hash_len=run.receiver.layout.sub_hash_len,
-            disks=disks, agent_version=(run.receiver.hello or {}).get("version"),
+            disks=disks, agent_version=(run.receiver.hello or {}).get("version"), staging=run.item.policy.staging,
             segments=[cy.MarkerSegment(seq=seq, name=cy.segment_name(name, cycle_id, seq), raw_bytes=raw, sealed_bytes=sealed)
                       for seq, raw, sealed in uploaded],
         )
@@ -717,6 +721,16 @@ class ReplicationEngine:
                 done.append(f"discarded uncommitted cycle {cycle_id} ({len(names)} blob(s))")
                 continue
             marker = cy.CommitMarker.model_validate(raw)
+            if marker.staging == "local" and self.points.find(item, marker.point_id) is None:
+                # Its segments died with the spool of the process server that wrote it; the
+                # replica may be half-applied, so its disks are rewritten whole.
+                self._flag_resync(item, {d.name: f"cycle {cycle_id} was staged locally and its process server stopped "
+                                                 "before the point was recorded" for d in marker.disks})
+                for disk, snapshot in (self.cache.get_json(prefix + cy.SNAPSHOTS) or {}).items():
+                    self.replicas.delete_snapshot(replica_blob_name(item, disk), snapshot)
+                self.cache.delete(names)
+                done.append(f"could not replay locally staged cycle {cycle_id}; disks flagged for resync")
+                continue
             try:
                 point = self._finish(marker, spool=None)
             except (segments.SegmentError, ProtocolError, NotFoundError) as exc:
