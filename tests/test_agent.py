@@ -215,6 +215,53 @@ def test_delta_scan_sends_only_what_changed(tmp_path: Path, layout: p.Layout):
     assert m == Manifest.of(bytes(new), 65536)
 
 
+def test_bridge_gap_joins_nearby_changes_into_one_extent(tmp_path: Path):
+    size, bs, sbs = 4 * 1024 * 1024, 65536, 4096
+    old = make_disk(tmp_path / "d0.img", size, fill=1.0)
+    new = bytearray(old)
+
+    def touch(block: int, sub: int) -> None:
+        at = block * bs + sub * sbs
+        new[at:at + sbs] = os.urandom(sbs)
+
+    touch(2, 1), touch(2, 14)  # 48 KiB apart in one block: bridged
+    touch(5, 15), touch(7, 0)  # block 6 unchanged between them, 64 KiB: bridged, block 6 sent whole
+    touch(10, 0), touch(12, 0)  # 124 KiB apart: not bridged
+    touch(20, 15), touch(22, 0)
+    new[21 * bs:22 * bs] = bytes(bs)  # a block turned to zeros lies between: not bridged
+    (tmp_path / "d0.img").write_bytes(new)
+    block_map, sub_map = maps_of(old)
+    s = run_scan(header([("d0", tmp_path / "d0.img", size)], bridge_gap=64 * 1024), [(block_map, sub_map)])
+    assert s.code == 0, s.stderr
+    masks = {b.index: b.mask for b in s.blocks["d0"]}
+    full = (1 << 16) - 1
+    assert masks == {2: sum(1 << i for i in range(1, 15)), 5: 1 << 15, 6: full, 7: 1, 10: 1, 12: 1, 20: 1 << 15, 22: 1}
+    assert s.zeros["d0"] == [(21, 1)]
+    assert s.ends[0]["changed"] == len(masks)
+    assert apply(old, s, "d0", size, LAYOUT) == bytes(new)
+    m = Manifest.of(old, bs)
+    for b in s.blocks["d0"]:
+        m[b.index] = b.digest
+        assert b.sub_hashes == maps_of(bytes(new))[1][b.index * 16 * 8:(b.index + 1) * 16 * 8]
+    for first, count in s.zeros["d0"]:
+        m.set_zero(first, count)
+    assert m == Manifest.of(bytes(new), bs)
+    # Downstream, the bridged changes are one page write each.
+    from drbook.replication.cycle import SegmentWriter, plan_segment
+
+    raw: list[bytes] = []
+    w = SegmentWriter(1 << 30, lambda seq, data: raw.append(data))
+    w.begin_disk({"name": "d0", "size": size, "block_size": bs, "sub_block_size": sbs, "sub_hash_len": 8})
+    for kind, payload in s.frames:
+        if kind in (p.BLOCK, p.ZERO):
+            w.add(kind, payload)
+    w.flush()
+    plan = plan_segment(raw[0])["d0"]
+    assert [(off, len(data)) for off, data in plan.writes] == [
+        (2 * bs + sbs, 14 * sbs), (5 * bs + 15 * sbs, 2 * sbs + bs), (10 * bs, sbs), (12 * bs, sbs),
+        (20 * bs + 15 * sbs, sbs), (22 * bs, sbs)]
+
+
 def test_unchanged_disk_sends_nothing_and_sub_rebuild_sends_sub_hashes(tmp_path: Path):
     size = 2 * 1024 * 1024
     data = make_disk(tmp_path / "d0.img", size)

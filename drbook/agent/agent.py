@@ -14,7 +14,8 @@ Request (stdin):
     b"DRBK" u8 version=1  u32 header length  header JSON
         {"disks": [{"name", "path", "size"}], "block_size", "sub_block_size",
          "sub_hash_len", "hooks": {"freeze": [{"cmd", "kind"}], "thaw": [...]},
-         "hook_timeout", "barrier", "barrier_timeout", "max_freeze", "read_buffer", "threads"}
+         "hook_timeout", "barrier", "barrier_timeout", "max_freeze", "read_buffer", "threads",
+         "bridge_gap"}
     then per disk, in header order:
         u64 length + block map: 32-byte SHA-256 per block (empty = no map -> resync)
         u64 length + sub-block map: sub_hash_len bytes per sub-block, block by block
@@ -52,7 +53,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-AGENT_VERSION = "0.3.1"
+AGENT_VERSION = "0.4.0"
 
 MAGIC = b"DRBK"
 REQUEST_VERSION = 1
@@ -348,6 +349,57 @@ class Hasher(object):
             out.append((BLOCK, index, off, length, digest, subs, mask))
         return out
 
+    def bridge(self, found, view, first_index, block_map, gap):
+        """Widen the sent sub-blocks over gaps of at most `gap` bytes of unchanged data
+        between two changed extents of this buffer, so that downstream they make one page
+        write instead of two (a request costs more than a few KiB; docs/benchmarks.md).
+        Bridged blocks that did not change go out as blocks too, with their map digest.
+        Only changed and unchanged blocks are bridged over, never a zero or sub-hash entry."""
+        if not gap or not self.sbs or block_map is None or not found:
+            return found
+        nsub, sbs, bs = self.nsub, self.sbs, self.bs
+        gap_units = gap // sbs
+        entries = dict((e[1], e) for e in found)
+        extents = []  # [first unit, end unit), units are sub-blocks counted from first_index
+        for kind, index, off, length, digest, subs, mask in found:
+            if kind != BLOCK:
+                continue
+            base = (index - first_index) * nsub
+            for i in range(nsub):
+                if mask >> i & 1:
+                    u = base + i
+                    if extents and extents[-1][1] == u:
+                        extents[-1][1] = u + 1
+                    else:
+                        extents.append([u, u + 1])
+        fill = []
+        for (a1, b1), (a2, b2) in zip(extents, extents[1:]):
+            if a2 - b1 > gap_units:
+                continue
+            between = range(first_index + b1 // nsub, first_index + (a2 - 1) // nsub + 1)
+            if all(entries.get(i, (BLOCK,))[0] == BLOCK for i in between):
+                fill.append((b1, a2))
+        if not fill:
+            return found
+        masks = {}
+        for a, b in fill:
+            for u in range(a, b):
+                index = first_index + u // nsub
+                masks[index] = masks.get(index, 0) | 1 << (u % nsub)
+        out = []
+        for index in sorted(set(entries) | set(masks)):
+            e = entries.get(index)
+            if index not in masks:
+                out.append(e)
+            elif e is not None:
+                out.append(e[:6] + (e[6] | masks[index],))
+            else:
+                off = (index - first_index) * bs
+                data = view[off:min(off + bs, len(view))]
+                out.append((BLOCK, index, off, len(data), bytes(block_map[index * HASH_LEN:(index + 1) * HASH_LEN]),
+                            self.sub_hashes(data), masks[index]))
+        return out
+
 
 class Scanner(object):
     def __init__(self, header, out):
@@ -360,6 +412,7 @@ class Scanner(object):
         buf = int(header.get("read_buffer") or (4 << 20))
         self.read_buffer = max(self.block_size, buf - buf % self.block_size)
         self.threads = max(1, int(header.get("threads") or 2))
+        self.bridge_gap = max(0, int(header.get("bridge_gap") or 0))
         self.pool = ThreadPoolExecutor(self.threads)
 
     def close(self):
@@ -422,7 +475,9 @@ class Scanner(object):
                 raise AgentError("read", "reading %s at offset %d: %s" % (name, pos, exc.strerror or exc), disk=name)
             if got != want:
                 raise AgentError("read", "%s ended at %d bytes, expected %d (did it shrink?)" % (name, pos + got, size), disk=name)
-            return view, buf, self.hasher.scan(view, 0, want, pos // self.block_size, block_map, sub_map)
+            first = pos // self.block_size
+            found = self.hasher.scan(view, 0, want, first, block_map, sub_map)
+            return view, buf, self.hasher.bridge(found, view, first, block_map, self.bridge_gap)
 
         spare = [bytearray(chunk) for _ in range(self.threads + 1)]
         in_flight = collections.deque()

@@ -40,6 +40,8 @@ class CycleSettings(BaseModel):
     page_workers: int = 8
     read_buffer: int = 4 * 1024 * 1024
     agent_threads: int = 2
+    # Unchanged bytes the agent sends to join two changed extents into one page write.
+    bridge_gap: int = 64 * 1024
     hook_timeout: float = 120
     max_freeze: float = 900
     barrier_timeout: float = 120
@@ -140,27 +142,20 @@ class Spool:
 
 
 class Uploader:
-    """Seals and uploads segments in the background (bounded), so the agent's stream keeps
-    flowing while a segment goes to the cache."""
+    """Seals and uploads segments in the background. A segment is in the local spool before
+    it is queued and is read back from there by the upload, so the agent's stream never
+    waits for the cache: the source is frozen only as long as its read takes, not as long
+    as the uploads (they go on after the thaw, before the commit marker)."""
 
     def __init__(self, upload: Callable[[int, bytes], int], workers: int, spool: Spool) -> None:
         self.upload = upload
         self.spool = spool
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="segment-upload")
-        self.slots = threading.BoundedSemaphore(workers + 1)
         self.futures: list[tuple[int, int, Future]] = []
 
     def submit(self, seq: int, raw: bytes) -> None:
         self.spool.put(seq, raw)
-        self.slots.acquire()
-
-        def run() -> int:
-            try:
-                return self.upload(seq, raw)
-            finally:
-                self.slots.release()
-
-        self.futures.append((seq, len(raw), self.pool.submit(run)))
+        self.futures.append((seq, len(raw), self.pool.submit(lambda: self.upload(seq, self.spool.get(seq)))))
 
     def finish(self) -> list[tuple[int, int, int]]:
         """(seq, raw bytes, sealed bytes) of every segment, once all are uploaded."""

@@ -415,6 +415,7 @@ class ReplicationEngine:
             "barrier_timeout": s.barrier_timeout * 2 + 30,
             "read_buffer": s.read_buffer,
             "threads": s.agent_threads,
+            "bridge_gap": s.bridge_gap,
         }
         return p.encode_request(header, [d.request_maps() for d in run.disks])
 
