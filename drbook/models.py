@@ -58,7 +58,8 @@ class Policy(Doc):
     # §2): in the cache container, so a process server lost after the commit marker is
     # replayed and no point is lost. "local": only in the process server's local spool,
     # which halves Azure Storage traffic for disks that change fast; a process server lost
-    # between the commit marker and the point costs that point and a resync of the disk.
+    # between the commit marker and the point costs that point (the next cycle puts the
+    # blocks it may have written back from the last point's snapshot).
     staging: Literal["cache", "local"] = "cache"
 
 

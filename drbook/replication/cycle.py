@@ -493,6 +493,12 @@ def plan_segment(raw: bytes) -> dict[str, PagePlan]:
     return {name: _coalesce(runs[name], clears[name]) for name in runs}
 
 
+def plan_segment_of_bytes(offset: int, data: bytes) -> PagePlan:
+    """Page writes and clears that put `data` at `offset` (all-zero stretches are cleared)."""
+    step = 64 * 1024
+    return _coalesce([(offset + i, data[i:i + step]) for i in range(0, len(data), step)], [])
+
+
 def _coalesce(runs: list[tuple[int, bytes]], clears: list[tuple[int, int]]) -> PagePlan:
     plan = PagePlan()
     all_clears = list(clears)

@@ -723,14 +723,8 @@ class ReplicationEngine:
                 continue
             marker = cy.CommitMarker.model_validate(raw)
             if marker.staging == "local" and self.points.find(item, marker.point_id) is None:
-                # Its segments died with the spool of the process server that wrote it; the
-                # replica may be half-applied, so its disks are rewritten whole.
-                self._flag_resync(item, {d.name: f"cycle {cycle_id} was staged locally and its process server stopped "
-                                                 "before the point was recorded" for d in marker.disks})
-                for disk, snapshot in (self.cache.get_json(prefix + cy.SNAPSHOTS) or {}).items():
-                    self.replicas.delete_snapshot(replica_blob_name(item, disk), snapshot)
-                self.cache.delete(names)
-                done.append(f"could not replay locally staged cycle {cycle_id}; disks flagged for resync")
+                # Its segments died with the spool of the process server that wrote it.
+                done.append(self._roll_back_local(item, marker, names))
                 continue
             try:
                 point = self._finish(marker, spool=None)
@@ -744,6 +738,55 @@ class ReplicationEngine:
         for line in done:
             log.warning("%s: %s", item, line)
         return done
+
+
+    def _roll_back_local(self, item: str, marker: cy.CommitMarker, names: list[str]) -> str:
+        """A locally staged cycle that cannot be replayed: put every block it may have
+        written back from the last point's snapshot (the blocks whose hash differs between
+        the two manifests), so the replica is that point again and the next cycle is an
+        ordinary delta. Where that is impossible (no earlier point, another geometry, a
+        lost manifest), the disk is flagged for resync instead."""
+        prefix = cy.cycle_prefix(item, marker.cycle_id)
+        for disk, snapshot in (self.cache.get_json(prefix + cy.SNAPSHOTS) or {}).items():
+            self.replicas.delete_snapshot(replica_blob_name(item, disk), snapshot)
+        doc = self.vault.item(item)
+        last = self.points.find(item, doc.last_point_id) if doc.last_point_id else None
+        restored, flagged = 0, {}
+        for d in marker.disks:
+            blob = replica_blob_name(item, d.name)
+            try:
+                old = self.points.manifest(item, last.id, d.name) if last is not None else None
+                new = Manifest.from_bytes(self.cache.get(d.manifest), what=d.manifest)
+                source = next((x for x in last.disks if x.disk == d.name), None) if last is not None else None
+            except NotFoundError:
+                old = new = source = None
+            if old is None or source is None or old.disk_size != new.disk_size or old.block_size != new.block_size:
+                flagged[d.name] = (f"cycle {marker.cycle_id} was staged locally and its process server stopped before "
+                                   "the point was recorded")
+                continue
+            bs, size = old.block_size, old.disk_size
+            changed = [i for i in range(old.blocks) if old[i] != new[i]]
+            ranges: list[list[int]] = []
+            for i in changed:
+                if ranges and ranges[-1][1] == i and (ranges[-1][1] - ranges[-1][0]) * bs < cy.MAX_PAGE_WRITE:
+                    ranges[-1][1] = i + 1
+                else:
+                    ranges.append([i, i + 1])
+
+            def put_back(r: list[int], blob: str = blob, snapshot: str = source.snapshot) -> int:
+                start, end = r[0] * bs, min(size, r[1] * bs)
+                data = self.replicas.read(blob, snapshot, start, end - start)
+                plan = cy.plan_segment_of_bytes(start, data)
+                return self.replicas.write(blob, plan.writes, plan.clears)
+
+            with ThreadPoolExecutor(max(1, self.settings.page_workers // 2)) as pool:
+                restored += sum(pool.map(put_back, ranges))
+        if flagged:
+            self._flag_resync(item, flagged)
+        self.cache.delete(names)
+        what = f"put {restored} bytes back from point {last.id}" if last is not None and restored else "nothing to put back"
+        return (f"rolled back locally staged cycle {marker.cycle_id} ({what})"
+                + (f"; flagged for resync: {', '.join(flagged)}" if flagged else ""))
 
 
 def _json(doc: dict) -> bytes:
