@@ -779,8 +779,11 @@ class ReplicationEngine:
                 plan = cy.plan_segment_of_bytes(start, data)
                 return self.replicas.write(blob, plan.writes, plan.clears)
 
-            with ThreadPoolExecutor(max(1, self.settings.page_workers // 2)) as pool:
-                restored += sum(pool.map(put_back, ranges))
+            try:
+                with ThreadPoolExecutor(max(1, self.settings.page_workers // 2)) as pool:
+                    restored += sum(pool.map(put_back, ranges))
+            except NotFoundError as exc:  # the last point's snapshot is gone
+                flagged[d.name] = f"cycle {marker.cycle_id} could not be rolled back: {exc}"
         if flagged:
             self._flag_resync(item, flagged)
         self.cache.delete(names)
