@@ -235,10 +235,9 @@ def read_log(log_path: Path | str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def replay(log_path: Path | str, disk_name: str, initial: bytes | Path, until_seq: int) -> bytes:
-    """The content of disk `disk_name` after every logged write with seq <= until_seq,
-    starting from `initial` (the disk's bytes, or a file holding them, before the run)."""
-    disk = bytearray(Path(initial).read_bytes() if isinstance(initial, Path) else initial)
+def _writes(log_path: Path | str, disk_name: str, until_seq: int):
+    """(offset, data) of every logged write to `disk_name` with seq <= until_seq, in order,
+    each regenerated from the seed and checked against its logged sha256."""
     seed = None
     for entry in read_log(log_path):
         if entry.get("event") == "start":
@@ -251,8 +250,24 @@ def replay(log_path: Path | str, disk_name: str, initial: bytes | Path, until_se
         data = data_for(seed, entry["seq"], entry["length"])
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise ValueError(f"{log_path}: write {entry['seq']} does not regenerate (sha256 differs)")
-        disk[entry["offset"]:entry["offset"] + entry["length"]] = data
+        yield entry["offset"], data
+
+
+def replay(log_path: Path | str, disk_name: str, initial: bytes | Path, until_seq: int) -> bytes:
+    """The content of disk `disk_name` after every logged write with seq <= until_seq,
+    starting from `initial` (the disk's bytes, or a file holding them, before the run)."""
+    disk = bytearray(Path(initial).read_bytes() if isinstance(initial, Path) else initial)
+    for offset, data in _writes(log_path, disk_name, until_seq):
+        disk[offset:offset + len(data)] = data
     return bytes(disk)
+
+
+def replay_onto(log_path: Path | str, disk_name: str, copy: Path, until_seq: int) -> None:
+    """replay() in place on `copy`, a file holding the disk as it was before the run (for
+    disks too large to hold in memory)."""
+    with open(copy, "r+b") as f:
+        for offset, data in _writes(log_path, disk_name, until_seq):
+            os.pwrite(f.fileno(), data, offset)
 
 
 def _disk_arg(text: str) -> Disk:
