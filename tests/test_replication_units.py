@@ -381,3 +381,14 @@ def test_emit_rpo_event(monkeypatch):
     assert events.emit_rpo_event(decide_rpo(_item(last=T0), T0, Policy(), T0)) is None
     events.emit_rpo_event(decide_rpo(_item(breached=True, last=T0), T0, Policy(), T0))
     assert seen[-1]["event"] == "drbook.rpo.recovered"
+
+
+def test_a_full_spool_is_a_replication_error_naming_it(tmp_path):
+    from drbook.errors import ReplicationError
+    from drbook.replication.cycle import Spool
+
+    spool = Spool(str(tmp_path))
+    spool.file.close()
+    spool.file = open("/dev/full", "wb")  # every write fails with ENOSPC
+    with pytest.raises(ReplicationError, match=rf"spool in {tmp_path} could not take segment 3 .*No space left"):
+        spool.put(3, b"x" * 100_000)

@@ -121,15 +121,22 @@ class Spool:
     download what it just uploaded."""
 
     def __init__(self, directory: str | None = None) -> None:
+        self.directory = directory
         self.file = tempfile.TemporaryFile(dir=directory)
         self.index: dict[int, tuple[int, int]] = {}
         self.lock = threading.Lock()
 
     def put(self, seq: int, raw: bytes) -> None:
         with self.lock:
-            self.file.seek(0, 2)
-            self.index[seq] = (self.file.tell(), len(raw))
-            self.file.write(raw)
+            try:
+                self.file.seek(0, 2)
+                self.index[seq] = (self.file.tell(), len(raw))
+                self.file.write(raw)
+            except OSError as exc:
+                where = self.directory or tempfile.gettempdir()
+                raise ReplicationError(f"the process server's spool in {where} could not take segment {seq} "
+                                       f"({len(raw)} bytes): {exc.strerror or exc}; free space there or set "
+                                       "CycleSettings.spool_dir") from None
 
     def get(self, seq: int) -> bytes:
         with self.lock:
