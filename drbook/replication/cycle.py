@@ -152,9 +152,10 @@ class Uploader:
     """Seals and uploads segments in the background. A segment is in the local spool before
     it is queued and is read back from there by the upload, so the agent's stream never
     waits for the cache: the source is frozen only as long as its read takes, not as long
-    as the uploads (they go on after the thaw, before the commit marker)."""
+    as the uploads (they go on after the thaw, before the commit marker). Without `upload`
+    (Policy.staging "local") segments are only spooled."""
 
-    def __init__(self, upload: Callable[[int, bytes], int], workers: int, spool: Spool) -> None:
+    def __init__(self, upload: Callable[[int, bytes], int] | None, workers: int, spool: Spool) -> None:
         self.upload = upload
         self.spool = spool
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="segment-upload")
@@ -162,7 +163,13 @@ class Uploader:
 
     def submit(self, seq: int, raw: bytes) -> None:
         self.spool.put(seq, raw)
-        self.futures.append((seq, len(raw), self.pool.submit(lambda: self.upload(seq, self.spool.get(seq)))))
+        if self.upload is None:
+            done: Future = Future()
+            done.set_result(0)
+            self.futures.append((seq, len(raw), done))
+            return
+        upload = self.upload
+        self.futures.append((seq, len(raw), self.pool.submit(lambda: upload(seq, self.spool.get(seq)))))
 
     def finish(self) -> list[tuple[int, int, int]]:
         """(seq, raw bytes, sealed bytes) of every segment, once all are uploaded."""

@@ -375,16 +375,12 @@ class ReplicationEngine:
         cycle_id = new_id("cy")
         spool = cy.Spool(self.settings.spool_dir)
 
-        local = item.policy.staging == "local"
-
         def upload(seq: int, raw: bytes) -> int:
-            if local:
-                return 0  # the spool (Uploader.submit) holds it; nothing goes to the cache
             sealed = segments.seal(raw, self.key, name, cycle_id, seq)
             self.cache.put(cy.segment_name(name, cycle_id, seq), sealed)
             return len(sealed)
 
-        uploader = cy.Uploader(upload, self.settings.upload_workers, spool)
+        uploader = cy.Uploader(None if item.policy.staging == "local" else upload, self.settings.upload_workers, spool)
         writer = cy.SegmentWriter(self.settings.segment_bytes, uploader.submit)
         direct = cy.DirectApplier(
             lambda disk, plan: self.replicas.write(replica_blob_name(name, disk), plan.writes, plan.clears),
@@ -738,7 +734,6 @@ class ReplicationEngine:
         for line in done:
             log.warning("%s: %s", item, line)
         return done
-
 
     def _roll_back_local(self, item: str, marker: cy.CommitMarker, names: list[str]) -> str:
         """A locally staged cycle that cannot be replayed: put every block it may have
