@@ -11,13 +11,13 @@ test: setup
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup
-	@$(PY) -m drbook.demo
+	@$(PY) -m lab.demo
 
 lab-up: setup
-	@.venv/bin/drbook lab up
+	@.venv/bin/drbook-lab up
 
 lab-down:
-	@.venv/bin/drbook lab down
+	@.venv/bin/drbook-lab down
 
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

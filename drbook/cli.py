@@ -16,8 +16,6 @@ from rich.table import Table
 from drbook.errors import DRError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Disaster recovery to Azure, as Prefect runbooks.")
-lab_app = typer.Typer(no_args_is_help=True, help="The lab: real services on this machine standing in for the outside world.")
-app.add_typer(lab_app, name="lab")
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 180)
@@ -27,57 +25,8 @@ def emit_json(data: object) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-# -- lab --------------------------------------------------------------------------------
-@lab_app.command("up")
-def lab_up(spec: Optional[Path] = typer.Option(None, help="lab spec YAML (default: lab/spec.yaml)")) -> None:
-    """Start every lab service that is not running (idempotent)."""
-    from lab.control import Lab
-    from lab.spec import load_spec
-
-    lab = Lab(load_spec(spec) if spec else None)
-    status = lab.up()
-    _print_lab(status)
-
-
-@lab_app.command("down")
-def lab_down() -> None:
-    """Stop the processes the lab started (by their pid files)."""
-    from lab.control import Lab
-
-    stopped = Lab().down()
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-
-
-@lab_app.command("status")
-def lab_status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
-    """What the lab runs and how to reach it."""
-    from lab.control import Lab
-
-    status = Lab().status()
-    if as_json:
-        emit_json(status)
-    else:
-        _print_lab(status)
-
-
-@lab_app.command("workload")
-def lab_workload(
-    machine: str,
-    rate: float = typer.Option(5.0, help="MB/s written"),
-    seconds: float = typer.Option(10.0, help="how long to write"),
-    seed: int = typer.Option(1, help="seed of the written data"),
-    background: bool = typer.Option(False, help="start it and return"),
-) -> None:
-    """Write random blocks to a lab machine's disks, logging every write."""
-    from lab.control import Lab
-    from lab.workload_control import start_workload
-
-    result = start_workload(Lab(), machine, rate=rate, seconds=seconds, seed=seed, background=background)
-    console.print(result)
-
-
 # -- running flows from the CLI ---------------------------------------------------------------
-SiteOpt = typer.Option(None, "--site", help="site config YAML (default: $DRBOOK_SITE, else the lab's)")
+SiteOpt = typer.Option(None, "--site", help="site config YAML (default: $DRBOOK_SITE, else ~/.config/drbook/site.yaml)")
 
 
 @contextmanager
@@ -103,7 +52,7 @@ def _site_path(site: Optional[Path]) -> str:
     if not Path(path).exists():
         from drbook.errors import ConfigError
 
-        raise ConfigError(f"{path}: no site config (bring the lab up with `drbook lab up`, or pass --site)")
+        raise ConfigError(f"{path}: no site config (pass --site or set DRBOOK_SITE; the lab's: eval \"$(drbook-lab env)\")")
     return str(path)
 
 
@@ -111,7 +60,7 @@ def _site_path(site: Optional[Path]) -> str:
 def discover_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
     """Inventory of vCenter and the site's physical servers; says what changed."""
     from drbook.discovery import Inventory, render_inventory
-    from flows.discover import discover_flow
+    from drbook.flows.discover import discover_flow
 
     result = discover_flow(site_path=_site_path(site))
     if as_json:
@@ -131,7 +80,7 @@ def push_mobility_cmd(
     site: Optional[Path] = SiteOpt,
 ) -> None:
     """Install or upgrade the mobility agent on machines (SSH for Linux, WinRM for Windows)."""
-    from flows.push_mobility import push_mobility_flow
+    from drbook.flows.push_mobility import push_mobility_flow
 
     sp = _site_path(site)
     names = _machines_or_all(sp, machines, all_machines)
@@ -183,7 +132,7 @@ def protect_cmd(
     site: Optional[Path] = SiteOpt,
 ) -> None:
     """Push the agent if needed, enable replication, run the initial copy."""
-    from flows.replication import enable_replication_flow
+    from drbook.flows.replication import enable_replication_flow
 
     with _bars():
         result = enable_replication_flow(machines, policy=policy, group=group, site_path=_site_path(site))
@@ -200,7 +149,7 @@ def replicate_cmd(
     site: Optional[Path] = SiteOpt,
 ) -> None:
     """Run one replication cycle."""
-    from flows.replication import replicate_flow
+    from drbook.flows.replication import replicate_flow
 
     with _bars():
         result = replicate_flow(machines or [], group=group, all_items=all_items,
@@ -212,7 +161,7 @@ def replicate_cmd(
 def points_cmd(machine: str, as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
     """Recovery points of a machine, newest first."""
     from drbook.site import open_site
-    from tasks.replication import points_of
+    from drbook.tasks.replication import points_of
 
     s = open_site(_site_path(site))
     s.vault.item(machine)
@@ -229,7 +178,7 @@ def points_cmd(machine: str, as_json: bool = typer.Option(False, "--json"), site
 @app.command("verify")
 def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Optional[Path] = SiteOpt) -> None:
     """Re-read a point's snapshots and check every block against its manifest."""
-    from flows.replication import verify_point_flow
+    from drbook.flows.replication import verify_point_flow
 
     with _bars():
         report = verify_point_flow(machine, point, site_path=_site_path(site))
@@ -242,7 +191,7 @@ def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Op
 def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say what would be purged"),
                   site: Optional[Path] = SiteOpt) -> None:
     """Purge recovery points the policy no longer keeps."""
-    from flows.replication import retention_flow
+    from drbook.flows.replication import retention_flow
 
     for r in retention_flow(dry_run=dry_run, site_path=_site_path(site)):
         for line in r["actions"]:
@@ -255,7 +204,7 @@ def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say wha
 def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool = typer.Option(False, "--json"),
                       site: Optional[Path] = SiteOpt) -> None:
     """Create the recovery site (idempotent); --dry-run lists what it would create."""
-    from flows.prepare_azure import prepare_azure_flow
+    from drbook.flows.prepare_azure import prepare_azure_flow
 
     result = prepare_azure_flow(dry_run=dry_run, site_path=_site_path(site))
     if as_json:
@@ -273,7 +222,7 @@ def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json:
 def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-processed", "--point"),
                       as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
     """Drill: bring machines up from a point in the isolated test network, verify, report."""
-    from flows.test_failover import drill_flow
+    from drbook.flows.drill import drill_flow
 
     result = drill_flow(machines, point=point, site_path=_site_path(site))
     if as_json:
@@ -287,7 +236,7 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
 @app.command("test-failover-cleanup")
 def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt) -> None:
     """Delete everything a drill made, and prove nothing is left."""
-    from flows.test_failover import drill_cleanup_flow
+    from drbook.flows.drill import drill_cleanup_flow
 
     result = drill_cleanup_flow(drill_id, site_path=_site_path(site))
     out.print(f"{drill_id}: deleted {len(result['deleted'])} resources and resource group "
@@ -300,7 +249,7 @@ def failover_cmd(machines: list[str], point: str = typer.Option("latest", "--poi
                  approval_timeout: int = typer.Option(3600, help="seconds to wait for approval"),
                  as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
     """Fail over to Azure, after a human approves (`drbook approve RUN_ID` or the Prefect UI)."""
-    from flows.failover import failover_flow
+    from drbook.flows.failover import failover_flow
 
     console.print("waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
     result = failover_flow(machines, point=point, planned=planned, approval_timeout=approval_timeout,
@@ -338,7 +287,7 @@ def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
 @app.command("commit")
 def commit_cmd(machines: list[str], site: Optional[Path] = SiteOpt) -> None:
     """End a failover: delete the other recovery points; state committed."""
-    from flows.failover import commit_flow
+    from drbook.flows.failover import commit_flow
 
     for item, r in commit_flow(machines, site_path=_site_path(site)).items():
         out.print(f"{item}: committed (kept point {r['kept_point']}, deleted {len(r['deleted_points'])} others)")
@@ -347,7 +296,7 @@ def commit_cmd(machines: list[str], site: Optional[Path] = SiteOpt) -> None:
 @app.command("reconcile")
 def reconcile_cmd(dry_run: bool = typer.Option(False, "--dry-run"), site: Optional[Path] = SiteOpt) -> None:
     """Remove what crashed runs left in Azure (found by their tags)."""
-    from flows.reconcile import reconcile_flow
+    from drbook.flows.reconcile import reconcile_flow
 
     r = reconcile_flow(dry_run=dry_run, site_path=_site_path(site))
     verb = "would remove" if dry_run else "removed"
@@ -375,39 +324,7 @@ def result_table(title: str, results: list[dict]) -> None:
     ], ["machine", "vm", "ip", "point", "consistency", "RPO", "RTO", "verified"])
 
 
-def _print_lab(status: dict) -> None:
-    table = Table(title=f"drbook lab ({status['lab_dir']})")
-    table.add_column("service")
-    table.add_column("running")
-    table.add_column("where")
-    where = {
-        "azurite": status["azurite"]["blob_endpoint"],
-        "arm": status["arm"]["base_url"],
-        "vcenter": status["vcenter"]["url"],
-        "prefect": status["prefect"]["ui_url"],
-        "winrm": f"https://{status['winrm']['host']}:{status['winrm']['port']}/wsman (a stand-in for Windows)",
-    }
-    machines = {f"sshd-{m['name']}": f"{m['address']}:22 ({len(m['disks'])} disks)" for m in status["machines"]}
-    for name, running in status["services"].items():
-        table.add_row(name, "yes" if running else "[red]no[/red]", where.get(name) or machines.get(name, ""))
-    out.print(table)
-
-
-def _use_lab_prefect() -> None:
-    """When the lab is up and no Prefect API is configured, talk to the lab's server."""
-    import os
-
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from lab.control import Lab
-
-    lab = Lab()
-    if lab.managed("prefect").running():
-        os.environ["PREFECT_API_URL"] = lab.prefect_api_url
-
-
 def main() -> None:
-    _use_lab_prefect()
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     try:

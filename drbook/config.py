@@ -185,12 +185,11 @@ def load_model(path: Path, model: type[BaseModel]) -> BaseModel:
 
 
 def default_site_path() -> Path:
-    """DRBOOK_SITE, else the site config the lab writes when it is up."""
+    """$DRBOOK_SITE, else site.yaml in drbook's XDG config directory (~/.config/drbook/)."""
     if env := os.environ.get("DRBOOK_SITE"):
         return Path(env)
-    from lab.paths import lab_dir
-
-    return lab_dir() / "site.yaml"
+    config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(config_home) / "drbook" / "site.yaml"
 
 
 def load_site(path: Path | None = None) -> SiteConfig:

@@ -1,8 +1,7 @@
 """Every error drbook raises, in one tree.
 
     DRError                         root; `retryable` says whether trying again may help
-    ├── ConfigError                 a site config, lab spec or plan is invalid (names file and field)
-    ├── LabError                    the lab could not be brought up / is not up
+    ├── ConfigError                 a site config or plan is invalid (names file and field)
     ├── PreflightError              a check before a stage failed; nothing was touched
     ├── StateTransitionError        the vault's state machine refused a move
     ├── VaultError
@@ -52,10 +51,6 @@ class DRError(Exception):
 
 class ConfigError(DRError):
     exit_code = 2
-
-
-class LabError(DRError):
-    exit_code = 3
 
 
 class PreflightError(DRError):

@@ -22,7 +22,6 @@ import time
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel
 
 from drbook.adapters.shell import CommandResult, RemoteShell
@@ -39,10 +38,8 @@ from drbook.errors import (
     VerificationError,
 )
 from drbook.models import AuditEntry, ProtectedItem, utcnow
+from drbook.templating import environment, ps_quote
 
-# From this file, not drbook.__file__: an editable install made before drbook/__init__.py
-# existed imports drbook as a namespace package, whose __file__ is None.
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
 DEFAULT_AGENT = Path(__file__).resolve().parent / "agent" / "agent.py"
 MIN_PYTHON = (3, 6)
 MIN_FREE_KB = 16 * 1024  # the agent is a few dozen KB; this leaves room for a staging copy and logs
@@ -118,22 +115,6 @@ def file_sha256(path: Path) -> str:
 # -- per-OS paths and scripts ----------------------------------------------------------------
 
 
-def _ps_quote(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def _environment() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(str(TEMPLATES)),
-        undefined=StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-    )
-    env.filters["sh"] = lambda v: shlex.quote(str(v))
-    env.filters["ps"] = _ps_quote
-    return env
-
-
 def agent_dir(machine: MachineConfig) -> str:
     # The config's default agent_dir is the Linux one; a Windows machine that did not set
     # its own gets the Windows default.
@@ -164,7 +145,7 @@ def staging_path(machine: MachineConfig, sha256: str) -> str:
 
 def render_install_script(machine: MachineConfig, version: str, sha256: str) -> str:
     template = "install.ps1.j2" if machine.os == "windows" else "install.sh.j2"
-    return _environment().get_template(template).render(
+    return environment().get_template(template).render(
         machine=machine.name,
         agent_dir=agent_dir(machine),
         staging=staging_path(machine, sha256),
@@ -185,10 +166,10 @@ def _parents(machine: MachineConfig) -> list[str]:
 def _preflight_script(machine: MachineConfig) -> str:
     py = python_command(machine)
     if machine.os == "windows":
-        disks = ", ".join(_ps_quote(d.path) for d in machine.disks) or ""
-        parents = ", ".join(_ps_quote(p) for p in _parents(machine))
+        disks = ", ".join(ps_quote(d.path) for d in machine.disks) or ""
+        parents = ", ".join(ps_quote(p) for p in _parents(machine))
         return f"""# drbook:preflight machine={machine.name}
-$py = {_ps_quote(py)}
+$py = {ps_quote(py)}
 if (Get-Command $py -ErrorAction SilentlyContinue) {{
     $v = & $py -c "import sys; print('%d.%d.%d' % tuple(sys.version_info[:3]))" 2>$null
     if ($LASTEXITCODE -eq 0) {{ Write-Output "python=$v" }} else {{ Write-Output "python=broken" }}
@@ -233,7 +214,7 @@ done
 
 def _status_script(machine: MachineConfig) -> str:
     if machine.os == "windows":
-        d = _ps_quote(agent_dir(machine))
+        d = ps_quote(agent_dir(machine))
         return f"""# drbook:status machine={machine.name}
 $dir = {d}
 $agent = Join-Path $dir 'agent.py'
@@ -264,7 +245,7 @@ def _version_script(machine: MachineConfig) -> str:
     if machine.os == "windows":
         return (
             f"# drbook:agent-version machine={machine.name}\n"
-            f"& {_ps_quote(python_command(machine))} {_ps_quote(agent_path(machine))} --version\n"
+            f"& {ps_quote(python_command(machine))} {ps_quote(agent_path(machine))} --version\n"
             "exit $LASTEXITCODE\n"
         )
     return (

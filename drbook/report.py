@@ -4,16 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-
 from drbook.failover.recovery import MachineResult
-
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
-
-
-def templates() -> Environment:
-    return Environment(loader=FileSystemLoader(TEMPLATES), undefined=StrictUndefined,
-                       autoescape=select_autoescape(["html"]), keep_trailing_newline=True)
+from drbook.templating import environment as templates
 
 
 def table_rows(rows: list[MachineResult]) -> list[dict]:

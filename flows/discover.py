@@ -8,7 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from drbook.discovery import Inventory, InventoryDiff, discover, inventory_json, save_inventory, with_site
 from drbook.site import open_site
-from tasks.policy import REMOTE
+from drbook.tasks.policy import REMOTE
 
 
 @task(name="read-vcenter-inventory", **REMOTE)

@@ -23,11 +23,11 @@ from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery
 from drbook.models import AzureVmRef, FailoverRecord, ItemState, utcnow
 from drbook.report import markdown, table_rows, write_html
 from drbook.site import open_site
-from flows.common import current_run_id, parallel
-from flows.recover import build_machine
-from tasks import azure as t
-from tasks import replication as rt
-from tasks import source as st
+from drbook.flows.common import current_run_id, parallel
+from drbook.flows.recover import build_machine
+from drbook.tasks import azure as azure_tasks
+from drbook.tasks import replication as replication_tasks
+from drbook.tasks import source as source_tasks
 
 
 class FailoverApproval(RunInput):
@@ -85,19 +85,19 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
         if planned:
             # Zero data loss: stop writes for good, take the last point, then shut the source down.
             for m in machines:
-                st.quiesce_for_shutdown(sp, m)
-            final = {p.item: p for p in rt.final_cycles(sp, machines) if p is not None}
+                source_tasks.quiesce_for_shutdown(sp, m)
+            final = {p.item: p for p in replication_tasks.final_cycles(sp, machines) if p is not None}
             missing = sorted(set(machines) - set(final))
             if missing:
                 raise PreflightError(f"planned failover needs a last cycle, but {', '.join(missing)} did not answer; "
                                      "nothing was changed in Azure (the applications stay stopped; fail over unplanned)")
             for m in machines:
-                st.shut_down_source(sp, m)
+                source_tasks.shut_down_source(sp, m)
             chosen = {m: final[m] for m in machines}
         else:
             if pointlib.needs_final_cycle(point):
-                rt.final_cycles(sp, machines)
-            chosen = choose_points(site.cfg, items, {i.name: rt.points_of(site, i.name) for i in items}, point)
+                replication_tasks.final_cycles(sp, machines)
+            chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items}, point)
         rg = site.cfg.azure.resource_group
         sizes = offered_sizes(site.azure, site.cfg.azure.location)
         plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="failover", resource_group=rg,
@@ -106,7 +106,7 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
             with transaction():
                 rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started, approved_at), plans)
         except BaseException:
-            swept = t.sweep_run(sp, run_id)
+            swept = azure_tasks.sweep_run(sp, run_id)
             site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
                 "status": "rolled-back", "finished": utcnow(), "report": {"swept": swept}}))
             raise
@@ -154,7 +154,7 @@ def commit_flow(machines: list[str], site_path: str | None = None) -> dict:
     out = {}
     for item in items:
         with site.vault.lease(f"failover-{item.name}", holder=f"commit {run_id}", duration_s=30):
-            deleted = rt.delete_points_except(str(site.path), item.name, item.failover_point_id)
+            deleted = replication_tasks.delete_points_except(str(site.path), item.name, item.failover_point_id)
             site.vault.transition(item.name, ItemState.COMMITTED, flow_run_id=run_id,
                                   reason=f"commit of failover {item.failover_run_id}")
             if item.failover_run_id:

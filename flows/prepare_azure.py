@@ -8,7 +8,7 @@ from prefect.artifacts import create_table_artifact
 
 from drbook.failover import prepare
 from drbook.site import open_site
-from tasks.policy import AZURE
+from drbook.tasks.policy import AZURE
 
 
 @task(name="plan-recovery-site", **AZURE)

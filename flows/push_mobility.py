@@ -9,7 +9,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from drbook.errors import DRError
 from drbook.site import open_site
-from tasks.policy import REMOTE
+from drbook.tasks.policy import REMOTE
 
 
 @task(name="push-agent", **REMOTE)

@@ -15,7 +15,7 @@ from drbook.failover.build import DiskVerification, MachinePlan, power_state, re
 from drbook.failover.recovery import MachineResult
 from drbook.report import render_post_failover_script
 from drbook.site import open_site
-from tasks import azure as t
+from drbook.tasks import azure as azure_tasks
 
 
 def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: float,
@@ -25,21 +25,21 @@ def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: 
     had the site died then. A planned failover's point comes after it: RPO 0."""
     log = get_run_logger()
     site = open_site(site_path)
-    disk_futures = [t.import_disk.submit(site_path, plan, d.disk) for d in plan.disks]
+    disk_futures = [azure_tasks.import_disk.submit(site_path, plan, d.disk) for d in plan.disks]
     disk_ids = [f.result() for f in disk_futures]
     # Verify before anything boots from these disks: a VM never runs on bytes we did not check.
-    checks: list[DiskVerification] = [f.result() for f in [t.verify_disk.submit(site_path, plan, d.disk) for d in plan.disks]]
+    checks: list[DiskVerification] = [f.result() for f in [azure_tasks.verify_disk.submit(site_path, plan, d.disk) for d in plan.disks]]
     require_verified(checks, plan.machine)
     log.info("%s: %d disks verified against point %s", plan.machine, len(checks), plan.point_id)
-    nic_id, ip = t.create_nic(site_path, plan)
-    t.create_vm(site_path, plan, disk_ids, nic_id)
-    state = t.start_vm(site_path, plan)
+    nic_id, ip = azure_tasks.create_nic(site_path, plan)
+    azure_tasks.create_vm(site_path, plan, disk_ids, nic_id)
+    state = azure_tasks.start_vm(site_path, plan)
     rto = time.monotonic() - started
     script = render_post_failover_script(
         machine=plan.machine, purpose=plan.purpose, run_id=plan.run_id, point_id=plan.point_id,
         consistency=consistency, point_time=plan.point_time.isoformat(), vnet=plan.nic.vnet, subnet=plan.nic.subnet, ip=ip,
     )
-    output = t.run_script(site_path, plan, script)
+    output = azure_tasks.run_script(site_path, plan, script)
     return MachineResult(
         item=plan.item, machine=plan.machine, resource_group=plan.resource_group, vm_name=plan.vm_name, size=plan.size,
         disks=[{"disk": d.disk, "resource_group": plan.resource_group, "name": d.name} for d in plan.disks],

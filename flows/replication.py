@@ -12,7 +12,7 @@ from drbook.progress import tracked
 from drbook.replication.events import emit_rpo_event
 from drbook.replication.rpo import decide_rpo
 from drbook.site import open_site
-from tasks.policy import ONCE, REMOTE
+from drbook.tasks.policy import ONCE, REMOTE
 
 
 def _row(point, seconds: float | None = None) -> dict:

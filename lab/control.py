@@ -1,4 +1,4 @@
-"""`drbook lab up | down | status`: start, stop and describe the lab's real services.
+"""`drbook-lab up | down | status`: start, stop and describe the lab's real services.
 
 `up` is idempotent: it starts what is not running (and what died) and leaves the rest.
 `down` stops only processes the lab started (their pid files), never by name.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Callable
 
 import yaml
 
-from drbook.errors import LabError
+from lab.errors import LabError
 from lab.ca import LabCerts, ensure_certs
 from lab.machines import SshKeys, ensure_client_key, ensure_machine, machine_status
 from lab.paths import REPO_ROOT, lab_dir
@@ -104,6 +105,7 @@ class Lab:
             self._populate_vcenter(certs)
             status = self.status()
             self._write_site(status)
+            self._write_env()
         except BaseException:
             for m in reversed(started):
                 self.say(f"stopping {m.name} (lab up failed)")
@@ -313,8 +315,25 @@ class Lab:
                 "record": str(self.dir / "winrm" / "commands.jsonl"),
             },
             "site_config": str(self.dir / "site.yaml"),
+            "env_file": str(self.env_file),
             "machines": [machine_status(self.dir, m, keys) for m in self.spec.machines],
         }
+
+    @property
+    def env_file(self) -> Path:
+        return self.dir / "drbook.env"
+
+    def drbook_env(self) -> dict[str, str]:
+        """What a user of a real site sets by hand: where the site config is, and Prefect's
+        own PREFECT_API_URL. drbook reads nothing of the lab's."""
+        return {"DRBOOK_SITE": str(self.dir / "site.yaml"), "PREFECT_API_URL": self.prefect_api_url}
+
+    def _write_env(self) -> None:
+        """`.lab/drbook.env`: KEY=value lines, for `set -a; . .lab/drbook.env` or `drbook-lab env`."""
+        lines = "".join(f"{k}={shlex.quote(v)}\n" for k, v in self.drbook_env().items())
+        tmp = self.env_file.with_suffix(".tmp")
+        tmp.write_text("# written by `drbook-lab up`: points drbook at the lab\n" + lines)
+        tmp.replace(self.env_file)
 
     def _write_site(self, status: dict) -> None:
         """The site config drbook uses when pointed at the lab (DRBOOK_SITE or the default)."""

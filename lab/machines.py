@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from drbook.errors import LabError
+from lab.errors import LabError
 from lab.procs import Managed, port_in_use, wait_for_port
 from lab.spec import MachineSpec
 

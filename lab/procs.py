@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from drbook.errors import LabError
+from lab.errors import LabError
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.drbook-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  say "installing drbook and its dependencies into .venv (pip)"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ lab/pyproject.toml -nt "$stamp" ]; then
+  say "installing drbook (editable) and its dependencies into .venv (pip)"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import drbook, prefect, pyVmomi, azure.mgmt.compute" 
+  say "installing the lab (lab/, its own package: drbook-lab) into .venv (pip, editable)"
+  .venv/bin/pip install -q --no-deps -e lab 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import drbook, drbook.flows, drbook.tasks, lab.control, prefect, pyVmomi, azure.mgmt.compute"
   touch "$stamp"
 else
   say ".venv up to date"

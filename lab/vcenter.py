@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from pyVmomi import vim
 
 from drbook.adapters.vsphere import VSphereConnection, connect, map_vsphere_errors
-from drbook.errors import LabError
+from lab.errors import LabError
 from lab.ca import ensure_certs
 from lab.procs import Managed, wait_for_port
 from lab.spec import LabSpec, MachineSpec

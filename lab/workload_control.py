@@ -1,4 +1,4 @@
-"""Starting the workload writer on a lab machine (`drbook lab workload`)."""
+"""Starting the workload writer on a lab machine (`drbook-lab workload`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from drbook.errors import LabError
+from lab.errors import LabError
 from lab.control import Lab
 from lab.machines import disk_path, machine_dir
 from lab.procs import Managed

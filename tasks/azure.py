@@ -10,7 +10,7 @@ from drbook.errors import VerificationError
 from drbook.failover import build
 from drbook.failover.build import DiskVerification, MachinePlan
 from drbook.site import open_site
-from tasks.policy import AZURE
+from drbook.tasks.policy import AZURE
 
 
 def _remember(**values) -> None:

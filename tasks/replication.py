@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from drbook.errors import ConnectError, RemoteExecError
 from drbook.models import RecoveryPoint
 from drbook.site import Site, open_site
-from tasks.policy import ONCE, REMOTE
+from drbook.tasks.policy import ONCE, REMOTE
 
 
 def points_of(site: Site, item: str) -> list[RecoveryPoint]:

@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 
 from drbook.errors import CommandFailed
 from drbook.site import open_site
-from tasks.policy import ONCE, REMOTE
+from drbook.tasks.policy import ONCE, REMOTE
 
 
 @task(name="stop-source-applications", **REMOTE)

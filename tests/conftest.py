@@ -35,7 +35,7 @@ def lab_control():
 
 @pytest.fixture(scope="session")
 def lab(lab_control) -> dict:
-    """The lab's status dict (see `drbook lab status --json`)."""
+    """The lab's status dict (see `drbook-lab status --json`)."""
     return lab_control.status()
 
 

@@ -15,7 +15,7 @@ import pytest
 from drbook.errors import DRError, LeaseHeldError
 from drbook.replication.engine import PHASES
 from drbook.site import open_site
-from flows.replication import enable_replication_flow
+from drbook.flows.replication import enable_replication_flow
 from lab.workload import paused_seq
 from tests.lab_site import start_writer
 

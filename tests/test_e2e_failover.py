@@ -22,10 +22,10 @@ from drbook.failover.build import resources_of_run
 from drbook.failover.prepare import isolation_nsg_name, isolated_vnet_name
 from drbook.models import ItemState
 from drbook.site import open_site
-from flows.failover import commit_flow, failover_flow
-from flows.prepare_azure import prepare_azure_flow
-from flows.replication import enable_replication_flow, replicate_flow
-from flows.test_failover import drill_cleanup_flow, drill_flow
+from drbook.flows.failover import commit_flow, failover_flow
+from drbook.flows.prepare_azure import prepare_azure_flow
+from drbook.flows.replication import enable_replication_flow, replicate_flow
+from drbook.flows.drill import drill_cleanup_flow, drill_flow
 from lab.workload import paused_seq
 from tests.lab_site import run_in_thread, start_writer, wait_for_paused_run
 
@@ -259,7 +259,7 @@ def test_reconcile_removes_what_crashed_runs_left_and_keeps_completed_ones(site,
     from azure.mgmt.network.models import NetworkInterface, NetworkInterfaceIPConfiguration, Subnet
     from prefect import flow
 
-    from flows.reconcile import reconcile_flow
+    from drbook.flows.reconcile import reconcile_flow
 
     @flow(name="a-run-that-dies")
     def dies() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from drbook.site import open_site
-from flows.discover import discover_flow
-from flows.push_mobility import push_mobility_flow
+from drbook.flows.discover import discover_flow
+from drbook.flows.push_mobility import push_mobility_flow
 from lab.spec import load_spec
 
 pytestmark = pytest.mark.lab
@@ -45,7 +45,7 @@ def _snapshot_bytes(site, disk) -> bytes:
 
 
 def test_points_taken_over_ssh_with_the_workload_running_hold_their_freeze_instant(lab, site_path, tmp_path):
-    from flows.replication import enable_replication_flow, replicate_flow
+    from drbook.flows.replication import enable_replication_flow, replicate_flow
     from lab.workload import paused_seq
     from tests.lab_site import start_writer
 

@@ -17,7 +17,8 @@ import paramiko
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from drbook.errors import ConfigError, LabError
+from drbook.errors import ConfigError
+from lab.errors import LabError
 from lab.control import Lab
 from lab.spec import load_spec
 
@@ -32,7 +33,7 @@ STATUS_SHAPE = {
 
 
 def test_status_json_has_the_documented_shape(lab):
-    out = subprocess.run([sys.executable, "-m", "drbook.cli", "lab", "status", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "lab", "status", "--json"], capture_output=True, text=True, check=True)
     status = json.loads(out.stdout)
     for key, shape in STATUS_SHAPE.items():
         assert key in status
@@ -190,7 +191,7 @@ def test_the_workload_log_reproduces_a_machine_disk_exactly(lab):
     machine = next(m for m in lab["machines"] if m["name"] == "app02")
     disk = machine["disks"][0]
     before = Path(disk["path"]).read_bytes()
-    out = subprocess.run([sys.executable, "-m", "drbook.cli", "lab", "workload", "app02", "--rate", "20",
+    out = subprocess.run([sys.executable, "-m", "lab", "workload", "app02", "--rate", "20",
                           "--seconds", "1.5", "--seed", "5"], capture_output=True, text=True, check=True)
     log = Path(out.stderr.split("log ")[-1].strip())
     writes = [e for e in read_log(log) if "seq" in e and "event" not in e]

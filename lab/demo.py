@@ -67,17 +67,19 @@ def main() -> None:
     import json
 
     from drbook.cli import result_table
+    from lab.cli import print_status
     from lab.control import Lab
     from lab.workload_control import start_workload, writer
 
     lab = Lab()
     with stage("lab up"):
         status = lab.up()
-        os.environ["PREFECT_API_URL"] = status["prefect"]["api_url"]
+        # What `eval "$(drbook-lab env)"` does in a shell: drbook finds the site and Prefect.
+        os.environ.update(lab.drbook_env())
         for m in status["machines"]:
             writer(lab, m["name"]).stop()
         _fresh_recovery_site(lab)
-        drbook("lab", "status")
+        print_status(lab.status())
         console.print(f"Prefect UI: {status['prefect']['ui_url']}  (flow runs, artifacts and approvals of this demo)")
 
     with stage("discover"):

@@ -17,10 +17,10 @@ from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery
 from drbook.models import DrillRecord, ItemState, new_id, utcnow
 from drbook.report import markdown, table_rows, write_html
 from drbook.site import open_site
-from flows.common import current_run_id, parallel
-from flows.recover import build_machine
-from tasks import azure as t
-from tasks import replication as rt
+from drbook.flows.common import current_run_id, parallel
+from drbook.flows.recover import build_machine
+from drbook.tasks import azure as azure_tasks
+from drbook.tasks import replication as replication_tasks
 
 
 def drill_key(drill_id: str) -> str:
@@ -40,8 +40,8 @@ def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site
     for item in items:
         statelib.require_state(item, {ItemState.PROTECTED}, action="drill")
     if pointlib.needs_final_cycle(point):
-        rt.final_cycles(sp, [i.name for i in items])
-    points = {i.name: rt.points_of(site, i.name) for i in items}
+        replication_tasks.final_cycles(sp, [i.name for i in items])
+    points = {i.name: replication_tasks.points_of(site, i.name) for i in items}
     chosen = choose_points(site.cfg, items, points, point)
     rg = f"drbook-{drill_id}"
     record = DrillRecord(drill_id=drill_id, items=machines, point_ids={k: v.id for k, v in chosen.items()},
@@ -52,11 +52,11 @@ def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site
                           taken=set())
     try:
         with transaction():
-            t.ensure_resource_group(sp, rg, {TAG_RUN: run_id, "drbook-drill": drill_id})
+            azure_tasks.ensure_resource_group(sp, rg, {TAG_RUN: run_id, "drbook-drill": drill_id})
             rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started, began), plans)
     except BaseException as exc:
         error = str(exc)
-        leftovers = t.sweep_run(sp, run_id)
+        leftovers = azure_tasks.sweep_run(sp, run_id)
         _delete_group(site, rg)
         site.vault.update(drill_key(drill_id), DrillRecord,
                           lambda r: r.model_copy(update={"status": "failed", "finished": utcnow(),
@@ -100,7 +100,7 @@ def drill_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
     site = open_site(site_path)
     record = site.vault.get(drill_key(drill_id), DrillRecord)
     run_id = record.report.get("flow_run_id", "")
-    deleted = t.sweep_run(str(site.path), run_id) if run_id else []
+    deleted = azure_tasks.sweep_run(str(site.path), run_id) if run_id else []
     _delete_group(site, record.resource_group)
     left = resources_of_run(site.azure, run_id) if run_id else []
     if left:

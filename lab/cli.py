@@ -1,0 +1,124 @@
+"""`drbook-lab`: the lab's own command (up, down, status, env, workload).
+
+The lab is not drbook: it stands in for the outside world. `up` starts what is not
+running and writes what a user of a real site writes by hand: a site config
+(`.lab/site.yaml`) and an env file (`.lab/drbook.env`) with DRBOOK_SITE and Prefect's own
+PREFECT_API_URL. `eval "$(drbook-lab env)"` puts them into a shell; drbook itself only
+reads --site / $DRBOOK_SITE and Prefect's settings.
+
+Exit codes: 0 done, 3 the lab could not be brought up (LabError), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drbook.errors import DRError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="drbook's lab: real services on this machine standing in for the outside world.")
+console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 180)
+
+
+@app.command("up")
+def up(spec: Optional[Path] = typer.Option(None, help="lab spec YAML (default: lab/spec.yaml)")) -> None:
+    """Start every lab service that is not running (idempotent); write the site config and env file."""
+    from lab.control import Lab
+    from lab.spec import load_spec
+
+    lab = Lab(load_spec(spec) if spec else None)
+    status = lab.up()
+    print_status(status)
+    console.print(f"site config: {status['site_config']}\nenv file:    {status['env_file']}  "
+                  "(use it with: eval \"$(drbook-lab env)\")")
+
+
+@app.command("down")
+def down() -> None:
+    """Stop the processes the lab started (by their pid files)."""
+    from lab.control import Lab
+
+    stopped = Lab().down()
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command("status")
+def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """What the lab runs and how to reach it."""
+    from lab.control import Lab
+
+    st = Lab().status()
+    if as_json:
+        sys.stdout.write(json.dumps(st, indent=2, default=str) + "\n")
+    else:
+        print_status(st)
+
+
+@app.command("env")
+def env() -> None:
+    """Shell lines that point drbook at the lab: eval "$(drbook-lab env)"."""
+    from lab.control import Lab
+
+    for key, value in Lab().drbook_env().items():
+        sys.stdout.write(f"export {key}={shlex.quote(value)}\n")
+
+
+@app.command("workload")
+def workload(
+    machine: str,
+    rate: float = typer.Option(5.0, help="MB/s written"),
+    seconds: float = typer.Option(10.0, help="how long to write"),
+    seed: int = typer.Option(1, help="seed of the written data"),
+    background: bool = typer.Option(False, help="start it and return"),
+) -> None:
+    """Write random blocks to a lab machine's disks, logging every write."""
+    from lab.control import Lab
+    from lab.workload_control import start_workload
+
+    console.print(start_workload(Lab(), machine, rate=rate, seconds=seconds, seed=seed, background=background))
+
+
+def print_status(status: dict) -> None:
+    table = Table(title=f"drbook lab ({status['lab_dir']})")
+    for col in ("service", "running", "where"):
+        table.add_column(col)
+    where = {
+        "azurite": status["azurite"]["blob_endpoint"],
+        "arm": status["arm"]["base_url"],
+        "vcenter": status["vcenter"]["url"],
+        "prefect": status["prefect"]["ui_url"],
+        "winrm": f"https://{status['winrm']['host']}:{status['winrm']['port']}/wsman (a stand-in for Windows)",
+    }
+    machines = {f"sshd-{m['name']}": f"{m['address']}:22 ({len(m['disks'])} disks)" for m in status["machines"]}
+    for name, running in status["services"].items():
+        table.add_row(name, "yes" if running else "[red]no[/red]", where.get(name) or machines.get(name, ""))
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except DRError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
