@@ -285,12 +285,18 @@ def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
 
 
 @app.command("commit")
-def commit_cmd(machines: list[str], site: Optional[Path] = SiteOpt) -> None:
+def commit_cmd(machines: list[str], dry_run: bool = typer.Option(False, "--dry-run", help="say what would be deleted"),
+               site: Optional[Path] = SiteOpt) -> None:
     """End a failover: delete the other recovery points; state committed."""
     from drbook.flows.failover import commit_flow
 
-    for item, r in commit_flow(machines, site_path=_site_path(site)).items():
-        out.print(f"{item}: committed (kept point {r['kept_point']}, deleted {len(r['deleted_points'])} others)")
+    for item, r in commit_flow(machines, dry_run=dry_run, site_path=_site_path(site)).items():
+        for line in r["actions"]:
+            out.print(line)
+        if dry_run:
+            out.print(f"{item}: would commit (keep point {r['kept_point']}, delete {len(r['deleted_points'])} others)")
+        else:
+            out.print(f"{item}: committed (kept point {r['kept_point']}, deleted {len(r['deleted_points'])} others)")
 
 
 @app.command("reconcile")

@@ -57,6 +57,18 @@ def item_key(name: str) -> str:
     return f"items/{name}.json"
 
 
+def group_key(name: str) -> str:
+    return _check_key(f"groups/{name}.json")
+
+
+def failover_key(run_id: str) -> str:
+    return _check_key(f"failovers/{run_id}.json")
+
+
+def drill_key(drill_id: str) -> str:
+    return _check_key(f"drills/{drill_id}.json")
+
+
 @dataclass
 class Lease:
     """A held exclusive lock (`Vault.lease`). `renewals` counts successful renewals; `lost`

@@ -14,17 +14,14 @@ from drbook.errors import DRError
 from drbook.failover import points as pointlib
 from drbook.failover.build import TAG_RUN, resources_of_run
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery
-from drbook.models import DrillRecord, ItemState, new_id, utcnow
+from drbook.models import DrillRecord, new_id, utcnow
 from drbook.report import markdown, table_rows, write_html
 from drbook.site import open_site
+from drbook.vault import drill_key
 from drbook.flows.common import current_run_id, parallel
 from drbook.flows.recover import build_machine
 from drbook.tasks import azure as azure_tasks
 from drbook.tasks import replication as replication_tasks
-
-
-def drill_key(drill_id: str) -> str:
-    return f"drills/{drill_id}.json"
 
 
 @flow(name="test-failover", log_prints=True)
@@ -38,7 +35,7 @@ def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site
     drill_id = new_id("drill")
     items = [site.vault.item(m) for m in machines]
     for item in items:
-        statelib.require_state(item, {ItemState.PROTECTED}, action="drill")
+        statelib.require(item, "test-failover")
     if pointlib.needs_final_cycle(point):
         replication_tasks.final_cycles(sp, [i.name for i in items])
     points = {i.name: replication_tasks.points_of(site, i.name) for i in items}

@@ -10,19 +10,22 @@ from __future__ import annotations
 import contextlib
 import time
 
-from prefect import flow, get_run_logger, pause_flow_run
+from prefect import flow, get_run_logger, pause_flow_run, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 from prefect.transactions import transaction
 
 from drbook import state as statelib
-from drbook.errors import ApprovalRejected, PreflightError
+from drbook.errors import ApprovalRejected
 from drbook.failover import points as pointlib
+from drbook.failover.commit import CommitResult, commit_item, require_committable
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery, taken_ips
 from drbook.models import AzureVmRef, FailoverRecord, ItemState, utcnow
 from drbook.report import markdown, table_rows, write_html
 from drbook.site import open_site
+from drbook.tasks.policy import ONCE
+from drbook.vault import failover_key
 from drbook.flows.common import current_run_id, parallel
 from drbook.flows.recover import build_machine
 from drbook.tasks import azure as azure_tasks
@@ -39,10 +42,6 @@ class FailoverApproval(RunInput):
     point: str = pointlib.LATEST
 
 
-def failover_key(run_id: str) -> str:
-    return f"failovers/{run_id}.json"
-
-
 @flow(name="failover", log_prints=True)
 def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bool = False,
                   approval_timeout: int = 3600, site_path: str | None = None) -> dict:
@@ -52,7 +51,7 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
     run_id = current_run_id()
     items = [site.vault.item(m) for m in machines]
     for item in items:
-        statelib.require_state(item, {ItemState.PROTECTED}, action="fail over")
+        statelib.require(item, "failover")
     record = FailoverRecord(run_id=run_id, items=machines, planned=planned)
     with contextlib.ExitStack() as leases:
         # Held from before the approval to the end: a second failover of a machine is refused.
@@ -82,22 +81,18 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
         started = time.monotonic()
         approved_at = utcnow()
 
-        if planned:
-            # Zero data loss: stop writes for good, take the last point, then shut the source down.
+        steps = pointlib.failover_steps(planned, point)
+        if steps.stop_applications:
             for m in machines:
                 source_tasks.quiesce_for_shutdown(sp, m)
-            final = {p.item: p for p in replication_tasks.final_cycles(sp, machines) if p is not None}
-            missing = sorted(set(machines) - set(final))
-            if missing:
-                raise PreflightError(f"planned failover needs a last cycle, but {', '.join(missing)} did not answer; "
-                                     "nothing was changed in Azure (the applications stay stopped; fail over unplanned)")
+        finals = replication_tasks.final_cycles(sp, machines) if steps.final_cycle else []
+        if steps.final_cycle_required:
+            chosen = pointlib.require_final_points(machines, finals)
+        else:
+            chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items}, point)
+        if steps.shut_down_sources:
             for m in machines:
                 source_tasks.shut_down_source(sp, m)
-            chosen = {m: final[m] for m in machines}
-        else:
-            if pointlib.needs_final_cycle(point):
-                replication_tasks.final_cycles(sp, machines)
-            chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items}, point)
         rg = site.cfg.azure.resource_group
         sizes = offered_sizes(site.azure, site.cfg.azure.location)
         plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="failover", resource_group=rg,
@@ -144,21 +139,19 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
 
 
 @flow(name="commit", log_prints=True)
-def commit_flow(machines: list[str], site_path: str | None = None) -> dict:
+def commit_flow(machines: list[str], dry_run: bool = False, site_path: str | None = None) -> dict:
     """End a failover: the other recovery points go, the state becomes committed."""
     site = open_site(site_path)
     run_id = current_run_id()
-    items = [site.vault.item(m) for m in machines]
-    for item in items:  # refuse before touching anything
-        statelib.require_state(item, {ItemState.FAILED_OVER}, action="commit")
-    out = {}
-    for item in items:
-        with site.vault.lease(f"failover-{item.name}", holder=f"commit {run_id}", duration_s=30):
-            deleted = replication_tasks.delete_points_except(str(site.path), item.name, item.failover_point_id)
-            site.vault.transition(item.name, ItemState.COMMITTED, flow_run_id=run_id,
-                                  reason=f"commit of failover {item.failover_run_id}")
-            if item.failover_run_id:
-                site.vault.update(failover_key(item.failover_run_id), FailoverRecord,
-                                  lambda r: r.model_copy(update={"status": "committed"}))
-        out[item.name] = {"kept_point": item.failover_point_id, "deleted_points": deleted}
-    return out
+    require_committable(site, machines)
+    results = [commit_one(str(site.path), m, run_id, dry_run) for m in machines]
+    log = get_run_logger()
+    for r in results:
+        for line in r.actions:
+            log.info(line)
+    return {r.item: r.model_dump() for r in results}
+
+
+@task(name="commit-item", **ONCE)
+def commit_one(site_path: str, machine: str, run_id: str, dry_run: bool) -> CommitResult:
+    return commit_item(open_site(site_path), machine, run_id=run_id, dry_run=dry_run)

@@ -12,6 +12,7 @@ import time
 from prefect import get_run_logger
 
 from drbook.failover.build import DiskVerification, MachinePlan, power_state, require_verified
+from drbook.failover.points import rpo_seconds
 from drbook.failover.recovery import MachineResult
 from drbook.report import render_post_failover_script
 from drbook.site import open_site
@@ -44,7 +45,7 @@ def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: 
         item=plan.item, machine=plan.machine, resource_group=plan.resource_group, vm_name=plan.vm_name, size=plan.size,
         disks=[{"disk": d.disk, "resource_group": plan.resource_group, "name": d.name} for d in plan.disks],
         nic=plan.nic_name, ip=ip, ip_note=plan.nic.note, point_id=plan.point_id, point_time=plan.point_time,
-        consistency=consistency, rpo_seconds=max(0.0, (disaster_time - plan.point_time).total_seconds()),
+        consistency=consistency, rpo_seconds=rpo_seconds(plan.point_time, disaster_time),
         rto_seconds=rto,
         bytes_verified=sum(c.bytes_verified for c in checks), blocks_verified=sum(c.blocks for c in checks),
         verified=all(c.ok for c in checks), power_state=power_state(site.azure, plan.resource_group, plan.vm_name) or state,

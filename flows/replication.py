@@ -6,12 +6,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 
-from drbook.errors import PreflightError
-from drbook.models import ItemState, ReplicationGroup, utcnow
+from drbook.models import utcnow
 from drbook.progress import tracked
 from drbook.replication.events import emit_rpo_event
 from drbook.replication.rpo import decide_rpo
+from drbook.replication.selection import select_for_replication
 from drbook.site import open_site
+from drbook.vault import item_key
 from drbook.tasks.policy import ONCE, REMOTE
 
 
@@ -41,8 +42,6 @@ def enable_one(site_path: str, machine: str, policy: str, group: str | None) -> 
     t0 = time.monotonic()
     with tracked(f"initial copy of {machine}", artifact_key=f"initial-copy-{machine}") as progress:
         item = site.engine.enable_replication(cfg, site.cfg.policy(policy), group=group, progress=progress)
-    if group and item.group != group:
-        raise PreflightError(f"{machine} is already in replication group {item.group!r}, not {group!r}")
     point = site.engine.points.get(machine, item.last_point_id)
     return {**_row(point, time.monotonic() - t0), "state": item.state.value}
 
@@ -54,19 +53,8 @@ def enable_replication_flow(machines: list[str], policy: str = "default", group:
     sp = str(site.path)
     site.engine.ensure_containers()
     rows = [enable_one(sp, m, policy, group) for m in machines]
-    if group:
-        _join_group(site, group, machines)
     create_table_artifact(rows, key="enable-replication", description="initial copy per machine")
     return rows
-
-
-def _join_group(site, group: str, machines: list[str]) -> None:
-    key = f"groups/{group}.json"
-    if site.vault.find(key, ReplicationGroup) is None:
-        site.vault.put(key, ReplicationGroup(name=group, members=sorted(machines)), create_only=True)
-    else:
-        site.vault.update(key, ReplicationGroup,
-                          lambda g: g.model_copy(update={"members": sorted(set(g.members) | set(machines))}))
 
 
 @task(name="replicate-cycle", **REMOTE)
@@ -93,37 +81,10 @@ def check_rpo(site_path: str, names: list[str]) -> list[dict]:
         decision = decide_rpo(item, item.last_point_time, item.policy, utcnow())
         if decision.changed:
             emit_rpo_event(decision)
-            site.vault.update(f"items/{name}.json", type(item),
+            site.vault.update(item_key(name), type(item),
                               lambda i, b=decision.breached: i.model_copy(update={"rpo_breached": b}))
         out.append(decision.model_dump(mode="json"))
     return out
-
-
-def select_items(site, machines: list[str], group: str | None, all_items: bool) -> list[tuple[str | None, list[str]]]:
-    """Which cycles to run: (group, members) for each group, (None, [item]) for the rest."""
-    items = {i.name: i for i in site.vault.items() if i.state == ItemState.PROTECTED}
-    if group:
-        chosen = [n for n, i in items.items() if i.group == group]
-        if not chosen:
-            raise PreflightError(f"replication group {group!r} has no protected members")
-    elif all_items:
-        chosen = sorted(items)
-    else:
-        for m in machines:
-            if m not in items:
-                state = site.vault.item(m).state.value
-                raise PreflightError(f"cannot replicate {m}: it is {state}; replication cycles need protected")
-        chosen = list(machines)
-    groups: dict[str, list[str]] = {}
-    plan: list[tuple[str | None, list[str]]] = []
-    for n in chosen:
-        g = items[n].group
-        if g:
-            groups.setdefault(g, []).append(n)
-        else:
-            plan.append((None, [n]))
-    plan += [(g, members) for g, members in groups.items()]
-    return plan
 
 
 @flow(name="replicate-cycle", log_prints=True)
@@ -132,8 +93,8 @@ def replicate_flow(machines: list[str], group: str | None = None, all_items: boo
     site = open_site(site_path)
     sp = str(site.path)
     rows = []
-    for g, names in select_items(site, machines, group, all_items):
-        rows += cycle_task(sp, names, g, want)
+    for plan in select_for_replication(site.vault.items(), machines, group=group, all_items=all_items):
+        rows += cycle_task(sp, plan.members, plan.group, want)
     check_rpo(sp, [r["item"] for r in rows])
     create_table_artifact(rows, key="replicate-cycle", description="recovery points of this cycle")
     return rows

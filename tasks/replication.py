@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 
 from drbook.errors import ConnectError, RemoteExecError
 from drbook.models import RecoveryPoint
+from drbook.replication.selection import plan_final_cycles
 from drbook.site import Site, open_site
 from drbook.tasks.policy import ONCE, REMOTE
 
@@ -34,32 +35,13 @@ def final_cycle(site_path: str, item: str) -> RecoveryPoint | None:
 def final_cycles(site_path: str, items: list[str]) -> list[RecoveryPoint | None]:
     """Members of one replication group get one shared final point."""
     site = open_site(site_path)
-    by_group: dict[str, list[str]] = {}
-    alone = []
-    for name in items:
-        group = site.vault.item(name).group
-        (by_group.setdefault(group, []) if group else alone).append(name)
-    results: list[RecoveryPoint | None] = [final_cycle(site_path, i) for i in alone]
-    for group, members in by_group.items():
-        if len(members) == 1:
-            results.append(final_cycle(site_path, members[0]))
+    results: list[RecoveryPoint | None] = []
+    for plan in plan_final_cycles({n: site.vault.item(n) for n in items}, items):
+        if plan.group is None:
+            results.append(final_cycle(site_path, plan.members[0]))
             continue
         try:
-            results.extend(run_group_cycle(site_path, group, members))
+            results.extend(run_group_cycle(site_path, plan.group, plan.members))
         except (ConnectError, RemoteExecError) as exc:
-            get_run_logger().warning("group %s: no final cycle (%s)", group, exc)
+            get_run_logger().warning("group %s: no final cycle (%s)", plan.group, exc)
     return results
-
-
-@task(name="delete-points-except", **ONCE)
-def delete_points_except(site_path: str, item: str, keep_id: str | None) -> list[str]:
-    """Commit: every point but the one failed over to goes (document, manifests, snapshots)."""
-    from drbook.replication.blobs import Replicas
-
-    site = open_site(site_path)
-    dropped = [p for p in points_of(site, item) if p.id != keep_id]
-    for p in dropped:
-        site.engine.points.delete(item, p.id)
-        for d in p.disks:
-            Replicas(site.blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
-    return [p.id for p in dropped]

@@ -14,6 +14,23 @@ from lab.spec import load_spec
 _SPEC = load_spec()
 
 
+# Fixtures that start or reach a real service: the shared lab, or an Azurite, sshd, ARM
+# emulator, WinRM responder or vCenter simulator of a test's own. A test that uses any of
+# them (directly or through another fixture) is marked `lab`, so `pytest -m "not lab"` runs
+# every unit test with no service at all.
+SERVICE_FIXTURES = {
+    "lab_control", "lab", "site_path", "vc", "conn",
+    "azurite", "azurite_blob", "arm_azurite", "arm_server", "arm",
+    "ssh_lab", "responder",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.lab)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Flows in tests talk to the lab's real Prefect server.
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{_SPEC.ports.prefect}/api"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+from pydantic import BaseModel, Field
+
 from drbook.errors import PreflightError
 from drbook.models import RecoveryPoint
 
@@ -54,3 +58,39 @@ def choose_group_point(points_by_item: dict[str, list[RecoveryPoint]], choice: s
             raise PreflightError("no shared app-consistent recovery point for the group")
         chosen_id = max(candidates)[1]
     return {item: next(p for p in pts if p.id == chosen_id) for item, pts in points_by_item.items()}
+
+
+class FailoverSteps(BaseModel):
+    """What a failover does before it builds anything, from its kind and point choice."""
+
+    stop_applications: bool = Field(description="planned: the last cycle then reads all there will ever be")
+    final_cycle: bool = Field(description="a last cycle of the sources before the point is chosen")
+    final_cycle_required: bool = Field(description="planned: a source that does not answer stops the failover")
+    shut_down_sources: bool = Field(description="planned: the sources are off before Azure runs them (no split brain)")
+
+
+def failover_steps(planned: bool, choice: str) -> FailoverSteps:
+    """Planned: zero data loss: stop writes for good, take the last point, shut the source
+    down, and fail over to exactly that point. Unplanned: a final cycle only for `latest`,
+    and only if the source still answers."""
+    if planned:
+        return FailoverSteps(stop_applications=True, final_cycle=True, final_cycle_required=True, shut_down_sources=True)
+    return FailoverSteps(stop_applications=False, final_cycle=needs_final_cycle(choice), final_cycle_required=False,
+                         shut_down_sources=False)
+
+
+def require_final_points(machines: list[str], finals: list[RecoveryPoint | None]) -> dict[str, RecoveryPoint]:
+    """A planned failover's points: every machine's last cycle, or a refusal naming who did not answer."""
+    by_item = {p.item: p for p in finals if p is not None}
+    missing = sorted(set(machines) - set(by_item))
+    if missing:
+        raise PreflightError(f"planned failover needs a last cycle, but {', '.join(missing)} did not answer; "
+                             "nothing was changed in Azure (the applications stay stopped; fail over unplanned)")
+    return {m: by_item[m] for m in machines}
+
+
+def rpo_seconds(point_time: dt.datetime, disaster_time: dt.datetime) -> float:
+    """What would be lost had the site died at `disaster_time` (a drill's start, a
+    failover's approval): the point's age then. A planned failover's point is taken after
+    the approval: RPO 0."""
+    return max(0.0, (disaster_time - point_time).total_seconds())

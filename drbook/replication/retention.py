@@ -100,19 +100,38 @@ def apply_retention(
                                  reasons=retention_reasons(points, doc.policy, now, pins))
         verb = "Would delete" if dry_run else "Deleted"
         for point in purge:
-            snaps = ", ".join(f"{d.blob}@{d.snapshot}" for d in point.disks)
-            result.actions.append(f"{verb} recovery point {point.id} ({point.time.isoformat()}, {point.consistency}): {snaps}")
-            if dry_run:
-                continue
-            store.delete(item, point.id)
-            for d in point.disks:
-                Replicas(blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
+            result.actions.append(f"{verb} {describe_point(point)}")
+            if not dry_run:
+                delete_point(store, blob_service, point)
         replicas = Replicas(blob_service, containers.replicas)
         for blob, snapshot in orphan_snapshots(doc, points, replicas, Cache(blob_service, containers.cache)):
             result.actions.append(f"{verb} orphan snapshot {blob}@{snapshot}")
             if not dry_run:
                 replicas.delete_snapshot(blob, snapshot)
         return result
+
+
+def describe_point(point: RecoveryPoint) -> str:
+    snaps = ", ".join(f"{d.blob}@{d.snapshot}" for d in point.disks)
+    return f"recovery point {point.id} ({point.time.isoformat()}, {point.consistency}): {snaps}"
+
+
+def delete_point(store, blob_service, point: RecoveryPoint) -> None:  # noqa: ANN001 - PointStore, BlobServiceClient
+    """The one way a point is deleted (retention, commit). The document and its manifests
+    go first, then the snapshots: a crash between leaves at worst an unlisted snapshot,
+    which retention sweeps as an orphan, never a listed point without its data."""
+    from drbook.replication.blobs import Replicas
+
+    store.delete(point.item, point.id)
+    for d in point.disks:
+        Replicas(blob_service, d.container).delete_snapshot(d.blob, d.snapshot)
+
+
+def commit_reasons(points: Iterable[RecoveryPoint], failed_over_point: str | None) -> dict[str, str]:
+    """Commit makes the failed-over point final: it alone is kept, every other point goes
+    (the Azure VMs now run on its bytes; the source's later changes are not wanted)."""
+    return {p.id: "keep: the point the machine failed over to" if p.id == failed_over_point
+            else "purge: commit keeps only the failed-over point" for p in points}
 
 
 def orphan_snapshots(doc: ProtectedItem, points: list[RecoveryPoint], replicas, cache) -> list[tuple[str, str]]:  # noqa: ANN001
