@@ -26,7 +26,7 @@ from drbook.errors import DRError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="drbook's lab: real services on this machine standing in for the outside world.")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # an error is one line, however long
 out = Console(width=None if sys.stdout.isatty() else 180)
 
 

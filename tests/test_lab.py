@@ -209,6 +209,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.lab  # starts Azurite and the ARM emulator of its own before the build fails
 def test_a_failed_vcsim_build_stops_lab_up_and_leaves_nothing_started(tmp_path, monkeypatch):
     import lab.control as control
 
@@ -229,3 +230,19 @@ def test_a_missing_debian_package_is_named(tmp_path, monkeypatch):
     with pytest.raises(LabError, match=r"golang-go \(Debian\).*make setup"):
         lab.up()
     assert not any(lab.services().values())
+
+
+def test_lab_up_writes_what_a_real_site_writes_by_hand(lab):
+    """A site config and Prefect's own API URL; drbook reads nothing else of the lab."""
+    import shlex
+
+    env_file = Path(lab["env_file"]).read_text()
+    assert f"DRBOOK_SITE={shlex.quote(lab['site_config'])}" in env_file
+    assert f"PREFECT_API_URL={shlex.quote(lab['prefect']['api_url'])}" in env_file
+    out = subprocess.run([sys.executable, "-m", "lab", "env"], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [f"export DRBOOK_SITE={shlex.quote(lab['site_config'])}",
+                                       f"export PREFECT_API_URL={shlex.quote(lab['prefect']['api_url'])}"]
+    items = subprocess.run([sys.executable, "-m", "drbook.cli", "items", "--json"], capture_output=True, text=True,
+                           env={**os.environ, "DRBOOK_SITE": lab["site_config"]})
+    assert items.returncode == 0, items.stderr
+    assert isinstance(json.loads(items.stdout), list)

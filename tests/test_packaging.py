@@ -125,3 +125,12 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(wheel, tmp_path):
     rendered = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=elsewhere)
     assert rendered.returncode == 0, rendered.stderr
     assert int(rendered.stdout.strip()) >= 4
+
+
+def test_without_a_site_drbook_says_where_it_looked_and_exits_2(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PREFECT_HOME": str(tmp_path / "prefect")}
+    out = subprocess.run([sys.executable, "-m", "drbook.cli", "items"], capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1, out.stderr  # one line, however long
+    assert out.stderr.startswith(f"error: {tmp_path}/.config/drbook/site.yaml: no site config")
