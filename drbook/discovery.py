@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from pydantic import BaseModel, Field
 
 from drbook.models import Doc, utcnow
+from drbook.vault import inventory_key
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
     from drbook.adapters.vsphere import MoRecord
     from drbook.config import SiteConfig
 
-LATEST_KEY = "inventory/latest.json"
-PREVIOUS_KEY = "inventory/previous.json"
+LATEST_KEY = inventory_key("latest")
+PREVIOUS_KEY = inventory_key("previous")
 
 
 class DiskInfo(BaseModel):

@@ -2,9 +2,9 @@
 
 The decisions are pure functions (`preflight_problems`, `decide_action`, `is_transient`);
 the steps run through a RemoteShell (SSH for Linux, WinRM for Windows), so the Prefect
-tasks around them stay thin. Every script that runs on a machine is rendered here or from
-templates/ and starts with a `# drbook:<kind>` line, so an audit trail (or the lab's WinRM
-responder) can tell what it is.
+tasks around them stay thin. Every script that runs on a machine is rendered from
+templates/ (`<name>.sh.j2` for Linux, `<name>.ps1.j2` for Windows) and starts with a
+`# drbook:<kind>` line, so an audit trail (or the lab's WinRM responder) can tell what it is.
 
 An install is registered in the vault only after it was verified: a failed push leaves
 the vault as it was.
@@ -38,7 +38,8 @@ from drbook.errors import (
     VerificationError,
 )
 from drbook.models import AuditEntry, ProtectedItem, utcnow
-from drbook.templating import environment, ps_quote
+from drbook.templating import render
+from drbook.vault import item_key
 
 DEFAULT_AGENT = Path(__file__).resolve().parent / "agent" / "agent.py"
 MIN_PYTHON = (3, 6)
@@ -143,14 +144,15 @@ def staging_path(machine: MachineConfig, sha256: str) -> str:
     return _join(machine, f".agent.py.{sha256[:16]}.staged")
 
 
+def _script(machine: MachineConfig, name: str, **values: object) -> str:
+    """templates/<name>.sh.j2 for Linux, <name>.ps1.j2 for Windows; `machine` is its name."""
+    suffix = "ps1" if machine.os == "windows" else "sh"
+    return render(f"{name}.{suffix}.j2", machine=machine.name, **values)
+
+
 def render_install_script(machine: MachineConfig, version: str, sha256: str) -> str:
-    template = "install.ps1.j2" if machine.os == "windows" else "install.sh.j2"
-    return environment().get_template(template).render(
-        machine=machine.name,
-        agent_dir=agent_dir(machine),
-        staging=staging_path(machine, sha256),
-        version=version,
-        sha256=sha256,
+    return _script(
+        machine, "install", agent_dir=agent_dir(machine), staging=staging_path(machine, sha256), version=version, sha256=sha256
     )
 
 
@@ -164,94 +166,17 @@ def _parents(machine: MachineConfig) -> list[str]:
 
 
 def _preflight_script(machine: MachineConfig) -> str:
-    py = python_command(machine)
-    if machine.os == "windows":
-        disks = ", ".join(ps_quote(d.path) for d in machine.disks) or ""
-        parents = ", ".join(ps_quote(p) for p in _parents(machine))
-        return f"""# drbook:preflight machine={machine.name}
-$py = {ps_quote(py)}
-if (Get-Command $py -ErrorAction SilentlyContinue) {{
-    $v = & $py -c "import sys; print('%d.%d.%d' % tuple(sys.version_info[:3]))" 2>$null
-    if ($LASTEXITCODE -eq 0) {{ Write-Output "python=$v" }} else {{ Write-Output "python=broken" }}
-}} else {{ Write-Output "python=" }}
-foreach ($d in @({disks})) {{
-    try {{ $f = [System.IO.File]::Open($d, 'Open', 'Read', 'ReadWrite'); $f.Close(); Write-Output "disk_ok=$d" }}
-    catch [System.IO.FileNotFoundException] {{ Write-Output "disk_missing=$d" }}
-    catch {{ Write-Output "disk_unreadable=$d" }}
-}}
-foreach ($p in @({parents})) {{
-    if (Test-Path -LiteralPath $p -PathType Container) {{
-        $drive = New-Object System.IO.DriveInfo ([System.IO.Path]::GetPathRoot($p))
-        Write-Output "space_dir=$p"
-        Write-Output ("free_kb=" + [int64]($drive.AvailableFreeSpace / 1024))
-        break
-    }}
-}}
-"""
-    q = shlex.quote
-    disks = " ".join(q(d.path) for d in machine.disks)
-    parents = " ".join(q(p) for p in _parents(machine))
-    return f"""# drbook:preflight machine={machine.name}
-py={q(py)}
-if command -v "$py" >/dev/null 2>&1; then
-  v=$("$py" -c 'import sys; print("%d.%d.%d" % tuple(sys.version_info[:3]))' 2>/dev/null) || v=broken
-  echo "python=$v"
-else
-  echo "python="
-fi
-for d in {disks}; do
-  if [ ! -e "$d" ]; then echo "disk_missing=$d"; elif [ -r "$d" ]; then echo "disk_ok=$d"; else echo "disk_unreadable=$d"; fi
-done
-for p in {parents}; do
-  if [ -d "$p" ]; then
-    echo "space_dir=$p"
-    df -Pk "$p" | {{ read -r _; read -r _ _ _ avail _; echo "free_kb=$avail"; }}
-    break
-  fi
-done
-"""
+    return _script(
+        machine, "preflight", python=python_command(machine), disks=[d.path for d in machine.disks], parents=_parents(machine)
+    )
 
 
 def _status_script(machine: MachineConfig) -> str:
-    if machine.os == "windows":
-        d = ps_quote(agent_dir(machine))
-        return f"""# drbook:status machine={machine.name}
-$dir = {d}
-$agent = Join-Path $dir 'agent.py'
-if (Test-Path -LiteralPath $agent -PathType Leaf) {{
-    Write-Output "agent=yes"
-    foreach ($n in 'VERSION', 'SHA256') {{
-        $f = Join-Path $dir $n
-        if (Test-Path -LiteralPath $f) {{ Write-Output ($n.ToLower() + "=" + ([System.IO.File]::ReadAllText($f).Trim())) }}
-    }}
-    Write-Output ("sha256_actual=" + (Get-FileHash -Algorithm SHA256 -LiteralPath $agent).Hash.ToLowerInvariant())
-}} else {{ Write-Output "agent=no" }}
-"""
-    return f"""# drbook:status machine={machine.name}
-dir={shlex.quote(agent_dir(machine))}
-if [ -f "$dir/agent.py" ]; then
-  echo "agent=yes"
-  if [ -f "$dir/VERSION" ]; then echo "version=$(cat "$dir/VERSION")"; fi
-  if [ -f "$dir/SHA256" ]; then echo "sha256=$(cat "$dir/SHA256")"; fi
-  set -- $(sha256sum "$dir/agent.py")
-  echo "sha256_actual=$1"
-else
-  echo "agent=no"
-fi
-"""
+    return _script(machine, "agent_status", agent_dir=agent_dir(machine))
 
 
 def _version_script(machine: MachineConfig) -> str:
-    if machine.os == "windows":
-        return (
-            f"# drbook:agent-version machine={machine.name}\n"
-            f"& {ps_quote(python_command(machine))} {ps_quote(agent_path(machine))} --version\n"
-            "exit $LASTEXITCODE\n"
-        )
-    return (
-        f"# drbook:agent-version machine={machine.name}\n"
-        f"exec {shlex.quote(python_command(machine))} {shlex.quote(agent_path(machine))} --version\n"
-    )
+    return _script(machine, "agent_version", python=python_command(machine), agent=agent_path(machine))
 
 
 def run_script(shell: RemoteShell, machine: MachineConfig, script: str, *, timeout: float = SCRIPT_TIMEOUT) -> CommandResult:
@@ -408,17 +333,6 @@ def verify_install(shell: RemoteShell, machine: MachineConfig, version: str, sha
 # -- the push ------------------------------------------------------------------------------
 
 
-def shell_for(machine: MachineConfig) -> RemoteShell:
-    """SSH for Linux, WinRM for Windows (close it when done; both are context managers)."""
-    if machine.os == "windows":
-        from drbook.adapters.winrm import WinRmShell
-
-        return WinRmShell(machine)
-    from drbook.adapters.ssh import SshShell
-
-    return SshShell(machine)
-
-
 def _prepare_dir(shell: RemoteShell, machine: MachineConfig) -> None:
     if machine.os == "windows":
         return  # WinRmShell.put_file creates the parent directory itself
@@ -481,9 +395,9 @@ def register(vault, machine: MachineConfig, result: PushResult, *, flow_run_id: 
         try:
             vault.save_item(item)
         except ConflictError:  # another writer created it meanwhile: update that one instead
-            item = vault.update(f"items/{name}.json", ProtectedItem, apply)
+            item = vault.update(item_key(name), ProtectedItem, apply)
     else:
-        item = vault.update(f"items/{name}.json", ProtectedItem, apply)
+        item = vault.update(item_key(name), ProtectedItem, apply)
     vault.audit(
         AuditEntry(
             actor=getattr(vault, "actor", "drbook"),

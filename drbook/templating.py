@@ -28,3 +28,8 @@ def environment() -> Environment:
 
 def template_names() -> list[str]:
     return sorted(n for n in environment().list_templates() if n.endswith(".j2"))
+
+
+def render(name: str, **values: object) -> str:
+    """One template rendered; a value the template needs but was not given is an error."""
+    return environment().get_template(name).render(**values)

@@ -22,7 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Literal, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError
@@ -51,22 +51,65 @@ def _check_key(key: str) -> str:
     return key
 
 
+# -- keys: the one place that knows the vault's layout (the table in drbook.models) -------
+
+ITEMS_PREFIX = "items/"
+GROUPS_PREFIX = "groups/"
+AUDIT_PREFIX = "audit/"
+
+
 def item_key(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"invalid protected item name {name!r} (letters, digits, '.', '_', '-')")
-    return f"items/{name}.json"
+    return f"{ITEMS_PREFIX}{name}.json"
+
+
+def points_prefix(item: str) -> str:
+    return f"points/{item}/"
+
+
+def point_key(item: str, point_id: str) -> str:
+    return f"{points_prefix(item)}{point_id}.json"
+
+
+def manifests_prefix(item: str, point_id: str) -> str:
+    return f"manifests/{item}/{point_id}/"
+
+
+def manifest_key(item: str, point_id: str, disk: str) -> str:
+    return f"{manifests_prefix(item, point_id)}{disk}.bin"
+
+
+def submap_key(item: str, point_id: str, disk: str) -> str:
+    return f"{manifests_prefix(item, point_id)}{disk}.sub"
 
 
 def group_key(name: str) -> str:
-    return _check_key(f"groups/{name}.json")
+    return _check_key(f"{GROUPS_PREFIX}{name}.json")
+
+
+def inventory_key(which: Literal["latest", "previous"]) -> str:
+    return f"inventory/{which}.json"
+
+
+def drill_key(drill_id: str) -> str:
+    return _check_key(f"drills/{drill_id}.json")
 
 
 def failover_key(run_id: str) -> str:
     return _check_key(f"failovers/{run_id}.json")
 
 
-def drill_key(drill_id: str) -> str:
-    return _check_key(f"drills/{drill_id}.json")
+def audit_key(time: dt.datetime, unique: str) -> str:
+    """Keys sort by time (in UTC; a naive time is taken as UTC); `unique` keeps two entries
+    of the same microsecond apart."""
+    t = time if time.tzinfo else time.replace(tzinfo=dt.timezone.utc)
+    t = t.astimezone(dt.timezone.utc)
+    return f"{AUDIT_PREFIX}{t:%Y-%m-%d}/{t:%H%M%S.%f}Z-{unique}.json"
+
+
+def lock_key(name: str) -> str:
+    return f"locks/{name}"
 
 
 @dataclass
@@ -252,7 +295,7 @@ class Vault:
             raise ValueError(f"invalid lock name {name!r}")
         if not 15 <= duration_s <= 60:
             raise ValueError(f"lease duration must be 15-60 s (Azure's range), got {duration_s}")
-        key = f"locks/{name}"
+        key = lock_key(name)
         blob = self.container.get_blob_client(key)
         try:
             client = self._acquire(name, key, duration_s)
@@ -327,12 +370,10 @@ class Vault:
 
     def audit(self, entry: AuditEntry) -> None:
         """Append an entry: a new create-only blob, so history is never rewritten."""
-        t = entry.time if entry.time.tzinfo else entry.time.replace(tzinfo=dt.timezone.utc)
-        t = t.astimezone(dt.timezone.utc)
-        self.put(f"audit/{t:%Y-%m-%d}/{t:%H%M%S.%f}Z-{uuid.uuid4().hex}.json", entry, create_only=True)
+        self.put(audit_key(entry.time, uuid.uuid4().hex), entry, create_only=True)
 
     def audit_log(self, item: str | None = None) -> builtins.list[AuditEntry]:
-        entries = self.list("audit/", AuditEntry)
+        entries = self.list(AUDIT_PREFIX, AuditEntry)
         if item is not None:
             entries = [e for e in entries if e.item == item]
         return sorted(entries, key=lambda e: e.time)
@@ -346,14 +387,14 @@ class Vault:
         return found
 
     def _no_item(self, name: str) -> NotFoundError:
-        known = [k[len("items/"):-len(".json")] for k in self.keys("items/") if k.endswith(".json")]
+        known = [k[len(ITEMS_PREFIX):-len(".json")] for k in self.keys(ITEMS_PREFIX) if k.endswith(".json")]
         return NotFoundError(f"no protected item {name!r} (known: {', '.join(known) or 'none'})")
 
     def find_item(self, name: str) -> ProtectedItem | None:
         return self.find(item_key(name), ProtectedItem)
 
     def items(self) -> builtins.list[ProtectedItem]:
-        return self.list("items/", ProtectedItem)
+        return self.list(ITEMS_PREFIX, ProtectedItem)
 
     def save_item(self, item: ProtectedItem) -> None:
         """Register a new protected item. Saving again is allowed while it is still unprotected

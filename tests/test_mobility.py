@@ -11,6 +11,7 @@ from tests.blob_fixtures import azurite, azurite_blob  # noqa: F401  (fixtures)
 from tests.test_ssh import SshLab, ssh_lab  # noqa: F401  (fixture)
 
 from drbook import mobility
+from drbook.adapters.shell import shell_for
 from drbook.adapters.ssh import SshShell
 from drbook.config import DiskConfig, MachineConfig
 from drbook.errors import (
@@ -25,6 +26,7 @@ from drbook.errors import (
     VerificationError,
 )
 from drbook.models import ItemState, ProtectedItem
+from drbook.templating import ps_quote
 from drbook.vault import Vault
 
 AGENT = mobility.DEFAULT_AGENT
@@ -288,7 +290,51 @@ def test_render_install_script_linux_and_windows(fresh: MachineConfig):
 def test_shell_for_picks_the_adapter_by_os():
     from drbook.adapters.winrm import WinRmShell
 
-    assert isinstance(mobility.shell_for(MachineConfig(name="l", address="127.0.0.1")), SshShell)
+    assert isinstance(shell_for(MachineConfig(name="l", address="127.0.0.1")), SshShell)
     windows = MachineConfig(name="w", os="windows", address="127.0.0.1")
-    shell = mobility.shell_for(windows)
+    shell = shell_for(windows)
     assert isinstance(shell, WinRmShell) and shell.endpoint == "https://127.0.0.1:5986/wsman"
+
+
+# Paths with a space and a quote: each must reach the script quoted, never raw.
+ODD_LINUX = MachineConfig(
+    name="odd01", address="127.0.0.1", agent_dir="/srv/dr book/it's", python="/opt/py 3/it's/python3",
+    disks=[DiskConfig(name="disk0", path="/dev/disk by/it's")],
+)
+ODD_WINDOWS = MachineConfig(
+    name="odd02", os="windows", address="127.0.0.1", agent_dir="C:\\dr book\\it's", python="C:\\Py 3\\it's\\python.exe",
+    disks=[DiskConfig(name="disk0", path="D:\\images\\it's disk.vhd")],
+)
+SHA = "c" * 64
+
+
+def _paths_in(kind: str, machine: MachineConfig) -> list[str]:
+    """The machine's paths a script of this kind carries."""
+    return {
+        "preflight": [mobility.python_command(machine), machine.disks[0].path, mobility.agent_dir(machine)],
+        "status": [mobility.agent_dir(machine)],
+        "agent-version": [mobility.python_command(machine), mobility.agent_path(machine)],
+        "install": [mobility.agent_dir(machine), mobility.staging_path(machine, SHA)],
+    }[kind]
+
+
+@pytest.mark.parametrize("machine", [ODD_LINUX, ODD_WINDOWS], ids=["linux", "windows"])
+@pytest.mark.parametrize(
+    "kind, render",
+    [
+        ("preflight", mobility._preflight_script),
+        ("status", mobility._status_script),
+        ("agent-version", mobility._version_script),
+        ("install", lambda m: mobility.render_install_script(m, "1.2.3", SHA)),
+    ],
+)
+def test_every_script_template_names_its_kind_and_quotes_paths(kind, render, machine: MachineConfig):
+    script = render(machine)
+    first = script.splitlines()[0]
+    assert first.startswith(f"# drbook:{kind} "), first
+    if kind != "install":
+        assert first == f"# drbook:{kind} machine={machine.name}"
+    quote = ps_quote if machine.os == "windows" else shlex.quote
+    for path in _paths_in(kind, machine):
+        assert quote(path) in script, (path, script)
+        assert path not in script, f"{path!r} reached the script unquoted"

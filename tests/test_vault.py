@@ -3,6 +3,7 @@ transitions, and the blob error table."""
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import uuid
@@ -22,7 +23,19 @@ from drbook.errors import (
     VaultError,
 )
 from drbook.models import AuditEntry, ItemState, Policy, ProtectedItem, RecoveryPoint, utcnow
-from drbook.vault import Vault
+from drbook.vault import (
+    Vault,
+    audit_key,
+    drill_key,
+    failover_key,
+    group_key,
+    inventory_key,
+    item_key,
+    lock_key,
+    manifest_key,
+    point_key,
+    submap_key,
+)
 from lab.ca import ensure_certs
 
 
@@ -258,6 +271,29 @@ def test_audit_is_append_only_and_ordered(vault: Vault):
     assert key.startswith(f"audit/{utcnow():%Y-%m-%d}/")
     with pytest.raises(ConflictError):
         vault.put(key, AuditEntry(actor="t", action="rewrite"), create_only=True)
+
+
+def test_keys_follow_the_layout_in_models():
+    assert item_key("db01") == "items/db01.json"
+    assert point_key("db01", "p1") == "points/db01/p1.json"
+    assert manifest_key("db01", "p1", "disk0") == "manifests/db01/p1/disk0.bin"
+    assert submap_key("db01", "p1", "disk0") == "manifests/db01/p1/disk0.sub"
+    assert group_key("app") == "groups/app.json"
+    assert inventory_key("latest") == "inventory/latest.json"
+    assert inventory_key("previous") == "inventory/previous.json"
+    assert drill_key("drill-1") == "drills/drill-1.json"
+    assert failover_key("run-1") == "failovers/run-1.json"
+    assert lock_key("failover-db01") == "locks/failover-db01"
+    with pytest.raises(ValueError):
+        item_key("../db01")
+
+
+def test_audit_keys_are_utc_and_sort_by_time():
+    cest = dt.timezone(dt.timedelta(hours=2))
+    aware = dt.datetime(2026, 1, 2, 1, 30, 0, 5, tzinfo=cest)  # 2026-01-01 23:30 UTC
+    assert audit_key(aware, "u") == "audit/2026-01-01/233000.000005Z-u.json"
+    assert audit_key(dt.datetime(2026, 1, 2, 1, 30), "u") == "audit/2026-01-02/013000.000000Z-u.json"  # naive = UTC
+    assert audit_key(aware, "z") < audit_key(aware + dt.timedelta(microseconds=1), "a")
 
 
 # -- leases -----------------------------------------------------------------------------------

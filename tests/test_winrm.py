@@ -19,6 +19,7 @@ from drbook import mobility
 from drbook.adapters.winrm import PREAMBLE, PUT_CHUNK, WinRmShell
 from drbook.config import DiskConfig, MachineConfig
 from drbook.errors import AuthenticationError, ConnectError, HostKeyError, PreflightError, RemoteExecError
+from drbook.templating import render
 from lab.ca import ensure_certs
 from lab.paths import REPO_ROOT
 from lab.procs import port_in_use
@@ -269,3 +270,10 @@ def test_module_entry_serves_until_terminated(certs, password_file: Path, tmp_pa
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+def test_receiver_script_names_its_kind_and_quotes_the_path():
+    script = render("receive.ps1.j2", path="C:\\dr book\\it's.bin")
+    assert script.splitlines()[0] == "# drbook:receive"
+    assert "    $path = 'C:\\dr book\\it''s.bin'\n" in script
+    assert "it's" not in script

@@ -1,7 +1,8 @@
 """The seam between drbook and a remote machine's shell (SSH for Linux, WinRM for Windows).
 
 Code that needs a remote command depends on these Protocols only; drbook.adapters.ssh
-implements them over paramiko, and tests may use a local subprocess implementation.
+implements them over paramiko, drbook.adapters.winrm over pywinrm, `shell_for` picks one
+for a machine, and tests may use a local subprocess implementation.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import BinaryIO, Protocol
 
 from pydantic import BaseModel
+
+from drbook.config import MachineConfig
 
 
 class CommandResult(BaseModel):
@@ -44,3 +47,15 @@ class RemoteShell(Protocol):
         """Upload a file (SFTP for SSH)."""
 
     def close(self) -> None: ...
+
+
+def shell_for(machine: MachineConfig) -> RemoteShell:
+    """SSH for Linux, WinRM for Windows (close it when done; both are context managers)."""
+    # Imported here: each adapter pulls in its own library (paramiko, pywinrm).
+    if machine.os == "windows":
+        from drbook.adapters.winrm import WinRmShell
+
+        return WinRmShell(machine)
+    from drbook.adapters.ssh import SshShell
+
+    return SshShell(machine)

@@ -1,9 +1,10 @@
 """RemoteShell over WinRM (pywinrm): HTTPS with a verified certificate, NTLM (or Kerberos).
 
 `run()` runs a PowerShell script (`powershell -EncodedCommand`), `put_file()` streams the
-file as base64 lines on the command's stdin into a small receiver script that writes it and
-answers its SHA-256 (the way Ansible's winrm connection copies files), and `open_process()`
-is not supported yet: the replication stream needs SSH (Windows' OpenSSH server works).
+file as base64 lines on the command's stdin into a small receiver script
+(templates/receive.ps1.j2) that writes it and answers its SHA-256 (the way Ansible's winrm
+connection copies files), and `open_process()` is not supported yet: the replication
+stream needs SSH (Windows' OpenSSH server works).
 Only this module sees pywinrm / requests exceptions; `_error_table` maps them.
 """
 
@@ -40,6 +41,7 @@ from drbook.errors import (
     RemoteExecError,
 )
 from drbook.secrets import resolve_secret
+from drbook.templating import render
 
 WINRM_HTTPS_PORT = 5986
 CMD_LINE_LIMIT = 8191  # cmd.exe's limit: WinRS starts commands through cmd
@@ -50,33 +52,6 @@ PUT_CHUNK = 64 * 1024
 POWERSHELL = ["powershell.exe", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-EncodedCommand"]
 # Progress records would arrive on stderr as CLIXML noise.
 PREAMBLE = "$ProgressPreference = 'SilentlyContinue'\n"
-
-_RECEIVER = """# drbook:receive
-begin {
-    $path = %(path)s
-    $ErrorActionPreference = 'Stop'
-    $parent = Split-Path -Parent $path
-    if ($parent) { New-Item -ItemType Directory -Force -Path $parent | Out-Null }
-    $fd = [System.IO.File]::Create($path)
-    $sha = [System.Security.Cryptography.SHA256]::Create()
-}
-process {
-    $bytes = [System.Convert]::FromBase64String($input)
-    $sha.TransformBlock($bytes, 0, $bytes.Length, $bytes, 0) | Out-Null
-    $fd.Write($bytes, 0, $bytes.Length)
-}
-end {
-    $sha.TransformFinalBlock([byte[]]@(), 0, 0) | Out-Null
-    $fd.Close()
-    $hex = [System.BitConverter]::ToString($sha.Hash).Replace('-', '').ToLowerInvariant()
-    Write-Output ('{"sha256":"' + $hex + '"}')
-}
-"""
-
-
-def ps_quote(value: str) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
 
 def encode_powershell(script: str, *, preamble: bool = True) -> list[str]:
     """argv of `powershell -EncodedCommand <base64 of the UTF-16LE script>`."""
@@ -260,7 +235,7 @@ class WinRmShell:
         """Upload through the receiver script; `mode` has no meaning on Windows (ACLs are inherited)."""
         data = Path(local_path).read_bytes()
         chunks = [base64.b64encode(data[i : i + PUT_CHUNK]) + b"\r\n" for i in range(0, len(data), PUT_CHUNK)]
-        script = _RECEIVER % {"path": ps_quote(remote_path)}
+        script = render("receive.ps1.j2", path=remote_path)
         out, err, code = self._exec(encode_powershell(script, preamble=False), stdin_chunks=chunks, timeout=300)
         if code != 0:
             raise RemoteExecError(f"{self._where}: cannot upload {local_path} to {remote_path}: {clixml_to_text(err).strip()}")
