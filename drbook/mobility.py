@@ -376,6 +376,27 @@ def push_agent(
     )
 
 
+def install_agent(vault, machine: MachineConfig, *, force: bool = False) -> PushResult:  # noqa: ANN001 - Vault
+    """Push (verified), then register: the one way an agent gets onto a machine and into the vault."""
+    from drbook.adapters.shell import shell_for
+
+    shell = shell_for(machine)
+    try:
+        result = push_agent(shell, machine, force=force)
+    finally:
+        shell.close()
+    register(vault, machine, result)
+    return result
+
+
+def ensure_agent(vault, machine: MachineConfig) -> PushResult | None:  # noqa: ANN001 - Vault
+    """Protection needs a registered agent: install one only when the vault knows none."""
+    item = vault.find_item(machine.name)
+    if item is not None and item.agent_version:
+        return None
+    return install_agent(vault, machine)
+
+
 def register(vault, machine: MachineConfig, result: PushResult, *, flow_run_id: str | None = None) -> ProtectedItem:  # noqa: ANN001
     """Record the verified agent on the machine's protected item (created `unprotected` if
     missing), plus an audit entry. Call it only with the result of a successful push."""

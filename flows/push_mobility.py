@@ -14,17 +14,10 @@ from drbook.tasks.policy import REMOTE
 
 @task(name="push-agent", **REMOTE)
 def push_one(site_path: str, machine: str, force: bool = False) -> dict:
-    from drbook.mobility import push_agent, register
+    from drbook.mobility import install_agent
 
     site = open_site(site_path)
-    cfg = site.machine(machine)
-    shell = site.shell_for(cfg)
-    try:
-        result = push_agent(shell, cfg, force=force)
-    finally:
-        shell.close()
-    register(site.vault, cfg, result)
-    return result.model_dump(mode="json")
+    return install_agent(site.vault, site.machine(machine), force=force).model_dump(mode="json")
 
 
 @flow(name="push-mobility", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)

@@ -28,17 +28,11 @@ def _row(point, seconds: float | None = None) -> dict:
 def enable_one(site_path: str, machine: str, policy: str, group: str | None) -> dict:
     import time
 
-    from drbook.mobility import push_agent, register
+    from drbook.mobility import ensure_agent
 
     site = open_site(site_path)
     cfg = site.machine(machine)
-    item = site.vault.find_item(machine)
-    if item is None or not item.agent_version:
-        shell = site.shell_for(cfg)
-        try:
-            register(site.vault, cfg, push_agent(shell, cfg))
-        finally:
-            shell.close()
+    ensure_agent(site.vault, cfg)
     t0 = time.monotonic()
     with tracked(f"initial copy of {machine}", artifact_key=f"initial-copy-{machine}") as progress:
         item = site.engine.enable_replication(cfg, site.cfg.policy(policy), group=group, progress=progress)
