@@ -10,7 +10,8 @@
     │   └── NotFoundError           no such document
     ├── ProviderError               an outside system failed
     │   ├── VSphereError
-    │   ├── AzureError
+    │   ├── AzureError              ARM refused or failed a call
+    │   │   ├── ResourceNotFound    no such resource (group) in Azure; the vault's is NotFoundError
     │   │   └── AzureTransientError throttling, 5xx, timeouts                          [retryable]
     │   ├── BlobStoreError
     │   └── RemoteExecError         SSH / WinRM
@@ -86,6 +87,10 @@ class VSphereError(ProviderError):
 
 
 class AzureError(ProviderError):
+    pass
+
+
+class ResourceNotFound(AzureError):
     pass
 
 

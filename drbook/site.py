@@ -40,9 +40,10 @@ class Site:
 
     @cached_property
     def azure(self):
-        from drbook.adapters.azure import AzureClients
+        """The recovery site, a RecoverySite (drbook.adapters.recovery_site) over the ARM SDKs."""
+        from drbook.adapters.azure import AzureRecoverySite
 
-        return AzureClients(self.cfg.azure)
+        return AzureRecoverySite(self.cfg.azure)
 
     @cached_property
     def encryption_key(self) -> bytes:
@@ -51,13 +52,9 @@ class Site:
         return bytes.fromhex(resolve_secret(self.cfg.azure.encryption_key).get_secret_value())
 
     def shell_for(self, machine: MachineConfig):
-        if machine.os == "windows":
-            from drbook.adapters.winrm import WinRmShell
+        from drbook.adapters.shell import shell_for
 
-            return WinRmShell(machine)
-        from drbook.adapters.ssh import SshShell
-
-        return SshShell(machine)
+        return shell_for(machine)
 
     @cached_property
     def engine(self):

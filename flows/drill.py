@@ -12,7 +12,7 @@ from prefect.transactions import transaction
 from drbook import state as statelib
 from drbook.errors import DRError
 from drbook.failover import points as pointlib
-from drbook.failover.build import TAG_RUN, resources_of_run
+from drbook.failover.build import TAG_RUN, delete_resource_group, resources_of_run
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery
 from drbook.models import DrillRecord, new_id, utcnow
 from drbook.report import markdown, table_rows, write_html
@@ -54,7 +54,7 @@ def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site
     except BaseException as exc:
         error = str(exc)
         leftovers = azure_tasks.sweep_run(sp, run_id)
-        _delete_group(site, rg)
+        delete_resource_group(site.azure, rg)
         site.vault.update(drill_key(drill_id), DrillRecord,
                           lambda r: r.model_copy(update={"status": "failed", "finished": utcnow(),
                                                          "report": {**r.report, "error": error, "swept": leftovers}}))
@@ -81,24 +81,13 @@ def _artifact_key(drill_id: str) -> str:
     return drill_id.lower().replace("_", "-")
 
 
-def _delete_group(site, rg: str) -> None:
-    from drbook.adapters.azure import map_azure_errors
-    from drbook.errors import NotFoundError
-
-    try:
-        with map_azure_errors(f"delete resource group {rg}"):
-            site.azure.resource.resource_groups.begin_delete(rg).result()
-    except NotFoundError:
-        pass
-
-
 @flow(name="test-failover-cleanup", log_prints=True)
 def drill_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
     site = open_site(site_path)
     record = site.vault.get(drill_key(drill_id), DrillRecord)
     run_id = record.report.get("flow_run_id", "")
     deleted = azure_tasks.sweep_run(str(site.path), run_id) if run_id else []
-    _delete_group(site, record.resource_group)
+    delete_resource_group(site.azure, record.resource_group)
     left = resources_of_run(site.azure, run_id) if run_id else []
     if left:
         raise DRError(f"cleanup of {drill_id} left {len(left)} resources: {', '.join(r.id for r in left)}")

@@ -16,6 +16,7 @@ import pytest
 from azure.mgmt.compute.models import GrantAccessData
 from azure.storage.blob import BlobClient
 
+from drbook.adapters.azure import AzureClients
 from drbook.errors import ApprovalRejected, LeaseHeldError, StateTransitionError
 from drbook.approvals import answer
 from drbook.failover.build import resources_of_run
@@ -32,9 +33,9 @@ from tests.lab_site import run_in_thread, start_writer, wait_for_paused_run
 pytestmark = pytest.mark.lab
 
 
-def _disk_bytes(site, rg: str, name: str, size: int) -> bytes:
+def _disk_bytes(site, sdk, rg: str, name: str, size: int) -> bytes:
     """A managed disk's bytes, read as a person would: grant access, GET the SAS URL."""
-    compute = site.azure.compute
+    compute = sdk.compute
     sas = compute.disks.begin_grant_access(rg, name, GrantAccessData(access="Read", duration_in_seconds=600)).result().access_sas
     try:
         reader = BlobClient.from_blob_url(sas, connection_verify=str(site.cfg.azure.ca_bundle))
@@ -47,9 +48,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "drbook.cli", *args], capture_output=True, text=True, check=True)
 
 
-def _deallocate(site, vm: dict) -> None:
+def _deallocate(sdk, vm: dict) -> None:
     """Azure grants no read access to the disks of a running VM: stop it first."""
-    site.azure.compute.virtual_machines.begin_deallocate(vm["resource_group"], vm["vm_name"]).result()
+    sdk.compute.virtual_machines.begin_deallocate(vm["resource_group"], vm["vm_name"]).result()
 
 
 def _point_seq(point) -> int:
@@ -65,6 +66,12 @@ def site(site_path):
 
 
 @pytest.fixture(scope="module")
+def sdk(site) -> AzureClients:
+    """The ARM SDK's own clients: Azure as an observer sees it, independently of drbook's RecoverySite."""
+    return AzureClients(site.cfg.azure)
+
+
+@pytest.fixture(scope="module")
 def arm(lab):
     from lab.arm.control import ArmLabControl
 
@@ -73,11 +80,11 @@ def arm(lab):
     control.clear_faults()
 
 
-def test_prepare_azure_is_idempotent_and_isolates_the_test_network(site, site_path):
+def test_prepare_azure_is_idempotent_and_isolates_the_test_network(sdk, site, site_path):
     dry = prepare_azure_flow(dry_run=True, site_path=site_path)
     shared = {"drbook-lab-storage", site.cfg.azure.storage_account}  # the lab's one storage account, maybe made already
     assert dry["changed"] and {s["action"] for s in dry["steps"] if s["name"] not in shared} == {"create"}
-    assert site.azure.resource.resource_groups.check_existence(site.cfg.azure.resource_group) is False
+    assert sdk.resource.resource_groups.check_existence(site.cfg.azure.resource_group) is False
     first = prepare_azure_flow(site_path=site_path)
     assert first["changed"]
     second = prepare_azure_flow(site_path=site_path)
@@ -85,7 +92,7 @@ def test_prepare_azure_is_idempotent_and_isolates_the_test_network(site, site_pa
 
     rg = site.cfg.azure.resource_group
     prod = site.cfg.network_mapping[0].target_vnet
-    net = site.azure.network
+    net = sdk.network
     test_vnet = net.virtual_networks.get(rg, isolated_vnet_name(prod))
     assert list(net.virtual_network_peerings.list(rg, isolated_vnet_name(prod))) == []
     assert list(net.virtual_network_peerings.list(rg, prod)) == []
@@ -111,7 +118,7 @@ def test_commit_before_failover_is_refused(site_path, site):
     assert site.vault.item("db01") == before
 
 
-def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing(lab, site, site_path, tmp_path):
+def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing(sdk, lab, site, site_path, tmp_path):
     writer = start_writer(lab, "db01", tmp_path)
     try:
         time.sleep(1.0)
@@ -129,21 +136,21 @@ def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing
     result = drill["results"][0]
     assert result["verified"] and result["point_id"] == older.id
     assert result["ip"] == "10.10.2.13", "a drill keeps the machine's IP in the isolated network"
-    _deallocate(site, vm)
+    _deallocate(sdk, vm)
     for d in vm["disks"]:
         size = next(x.size_bytes for x in older.disks if x.disk == d["disk"])
-        got = _disk_bytes(site, d["resource_group"], d["name"], size)
+        got = _disk_bytes(site, sdk, d["resource_group"], d["name"], size)
         assert got == writer.expected(d["disk"], _point_seq(older)), f"{d['name']} differs from point {older.id}"
-    nic = site.azure.network.network_interfaces.get(vm["resource_group"], "db01-nic0")
+    nic = sdk.network.network_interfaces.get(vm["resource_group"], "db01-nic0")
     assert isolated_vnet_name(site.cfg.network_mapping[0].target_vnet) in nic.ip_configurations[0].subnet.id
 
     cleaned = drill_cleanup_flow(drill["drill_id"], site_path=site_path)
     assert cleaned["left"] == []
     assert resources_of_run(site.azure, drill["flow_run_id"]) == []
-    assert site.azure.resource.resource_groups.check_existence(vm["resource_group"]) is False
+    assert sdk.resource.resource_groups.check_existence(vm["resource_group"]) is False
 
 
-def test_rejected_or_unanswered_approval_changes_nothing(site, site_path):
+def test_rejected_or_unanswered_approval_changes_nothing(sdk, site, site_path):
     before_item = site.vault.item("db01")
     thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60, site_path=site_path)
     run_id = wait_for_paused_run(["db01"])
@@ -159,7 +166,7 @@ def test_rejected_or_unanswered_approval_changes_nothing(site, site_path):
     thread.join(60)
     assert isinstance(out.get("error"), ApprovalRejected) and "in time" in str(out["error"])
     assert site.vault.item("db01").state == before_item.state == ItemState.PROTECTED
-    assert list(site.azure.compute.virtual_machines.list(site.cfg.azure.resource_group)) == []
+    assert list(sdk.compute.virtual_machines.list(site.cfg.azure.resource_group)) == []
 
 
 def test_a_second_failover_of_a_machine_is_refused_while_one_runs(site_path):
@@ -173,7 +180,7 @@ def test_a_second_failover_of_a_machine_is_refused_while_one_runs(site_path):
         thread.join(60)
 
 
-def test_failed_provisioning_rolls_back_with_nothing_leaked(site, site_path, arm):
+def test_failed_provisioning_rolls_back_with_nothing_leaked(sdk, site, site_path, arm):
     arm.inject_fault("Microsoft.Compute/virtualMachines/write", fail_provisioning=1, error_code="OSProvisioningTimedOut",
                      error_message="lab: provisioning failed")
     try:
@@ -187,13 +194,13 @@ def test_failed_provisioning_rolls_back_with_nothing_leaked(site, site_path, arm
     assert "error" in out, "the failover must fail when the VM cannot be provisioned"
     assert resources_of_run(site.azure, run_id) == []
     rg = site.cfg.azure.resource_group
-    assert list(site.azure.compute.disks.list_by_resource_group(rg)) == []
-    assert list(site.azure.network.network_interfaces.list(rg)) == []
+    assert list(sdk.compute.disks.list_by_resource_group(rg)) == []
+    assert list(sdk.network.network_interfaces.list(rg)) == []
     assert site.vault.item("db01").state == ItemState.PROTECTED
 
 
 def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_commits(
-        site, site_path, arm, lab_control):
+        sdk, site, site_path, arm, lab_control):
     """The data center is gone (db01's sshd is down): `latest` cannot take a final point and
     falls back to the newest one; ARM throttles and fails once on the way; it completes."""
     newest = max(site.engine.points.points("db01"), key=lambda p: p.time)
@@ -215,7 +222,7 @@ def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_c
     assert result["results"][0]["point_id"] == newest.id
     item = site.vault.item("db01")
     assert item.state == ItemState.FAILED_OVER and item.failover_point_id == result["results"][0]["point_id"]
-    vm = site.azure.compute.virtual_machines.get(site.cfg.azure.resource_group, result["vms"][0]["vm_name"])
+    vm = sdk.compute.virtual_machines.get(site.cfg.azure.resource_group, result["vms"][0]["vm_name"])
     assert vm.tags["drbook-item"] == "db01"
 
     committed = commit_flow(["db01"], site_path=site_path)
@@ -223,7 +230,7 @@ def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_c
     assert [p.id for p in site.engine.points.points("db01")] == [committed["db01"]["kept_point"]]
 
 
-def test_planned_failover_of_a_group_loses_no_write(lab, site, site_path, tmp_path):
+def test_planned_failover_of_a_group_loses_no_write(sdk, lab, site, site_path, tmp_path):
     writers = [start_writer(lab, m, tmp_path, rate=4, seed=11 + i) for i, m in enumerate(("app01", "app02"))]
     try:
         time.sleep(1.5)
@@ -243,16 +250,16 @@ def test_planned_failover_of_a_group_loses_no_write(lab, site, site_path, tmp_pa
         # Zero data loss: every write the workload made is in Azure.
         vm = next(v for v in result["vms"] if v["machine"] == w.machine)
         m = next(x for x in lab["machines"] if x["name"] == w.machine)
-        _deallocate(site, vm)
+        _deallocate(sdk, vm)
         for d in vm["disks"]:
             size = next(x["size_bytes"] for x in m["disks"] if x["name"] == d["disk"])
-            got = _disk_bytes(site, d["resource_group"], d["name"], size)
+            got = _disk_bytes(site, sdk, d["resource_group"], d["name"], size)
             assert got == w.expected(d["disk"], w.last_seq()), f"{w.machine}/{d['disk']} lost writes"
     assert {site.vault.item(m).state for m in ("app01", "app02")} == {ItemState.FAILED_OVER}
     assert "all disks verified" in open(result["report"]).read()
 
 
-def test_reconcile_removes_what_crashed_runs_left_and_keeps_completed_ones(site, site_path):
+def test_reconcile_removes_what_crashed_runs_left_and_keeps_completed_ones(sdk, site, site_path):
     import uuid
 
     from azure.mgmt.compute.models import CreationData, Disk
@@ -269,16 +276,16 @@ def test_reconcile_removes_what_crashed_runs_left_and_keeps_completed_ones(site,
     unknown_run = str(uuid.uuid4())
     rg = site.cfg.azure.resource_group
     prod = site.cfg.network_mapping[0]
-    subnet_id = site.azure.network.subnets.get(rg, prod.target_vnet, prod.target_subnet).id
+    subnet_id = sdk.network.subnets.get(rg, prod.target_vnet, prod.target_subnet).id
     for run_id, name in ((failed_run, "leftover-a"), (unknown_run, "leftover-b")):
         tags = {"drbook-site": site.cfg.site, "drbook-run": run_id, "drbook-item": "db01"}
-        site.azure.compute.disks.begin_create_or_update(rg, f"{name}-disk", Disk(
+        sdk.compute.disks.begin_create_or_update(rg, f"{name}-disk", Disk(
             location=site.cfg.azure.location, tags=tags, disk_size_gb=1,
             creation_data=CreationData(create_option="Empty"))).result()
-        site.azure.network.network_interfaces.begin_create_or_update(rg, f"{name}-nic", NetworkInterface(
+        sdk.network.network_interfaces.begin_create_or_update(rg, f"{name}-nic", NetworkInterface(
             location=site.cfg.azure.location, tags=tags, ip_configurations=[NetworkInterfaceIPConfiguration(
                 name="ipconfig1", subnet=Subnet(id=subnet_id), private_ip_allocation_method="Dynamic")])).result()
-    kept_vms = [vm.name for vm in site.azure.compute.virtual_machines.list(rg)]
+    kept_vms = [vm.name for vm in sdk.compute.virtual_machines.list(rg)]
     assert kept_vms, "the committed failover's VM is there"
 
     dry = reconcile_flow(dry_run=True, site_path=site_path)
@@ -287,4 +294,4 @@ def test_reconcile_removes_what_crashed_runs_left_and_keeps_completed_ones(site,
     done = reconcile_flow(site_path=site_path)
     assert set(done["removed"]) == {failed_run, unknown_run}
     assert resources_of_run(site.azure, failed_run) == [] and resources_of_run(site.azure, unknown_run) == []
-    assert [vm.name for vm in site.azure.compute.virtual_machines.list(rg)] == kept_vms
+    assert [vm.name for vm in sdk.compute.virtual_machines.list(rg)] == kept_vms

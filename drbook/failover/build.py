@@ -10,16 +10,14 @@ import time
 from urllib.parse import quote
 from typing import Callable, Literal
 
-from azure.mgmt.compute import models as cm
-from azure.mgmt.network import models as nm
-from azure.mgmt.resource.resources.models import ResourceGroup
 from azure.storage.blob import BlobClient
 from pydantic import BaseModel
 
-from drbook.adapters.azure import AzureClients, map_azure_errors
+from drbook.adapters import recovery_site as rs
 from drbook.adapters.blobstore import map_blob_errors
+from drbook.adapters.recovery_site import RecoverySite, TaggedResource
 from drbook.config import SiteConfig
-from drbook.errors import AzureError, NotFoundError, VerificationError
+from drbook.errors import AzureError, VerificationError
 from drbook.failover.network import NicPlan
 from drbook.failover.prepare import imports_container
 from drbook.models import PointDisk, RecoveryPoint
@@ -83,9 +81,13 @@ def _id(site: SiteConfig, rg: str, provider: str, name: str) -> str:
 
 
 # -- resource group --------------------------------------------------------------------------
-def ensure_resource_group(clients: AzureClients, name: str, location: str, tags: dict[str, str]) -> None:
-    with map_azure_errors(f"create resource group {name}"):
-        clients.resource.resource_groups.create_or_update(name, ResourceGroup(location=location, tags=tags))
+def ensure_resource_group(azure: RecoverySite, name: str, location: str, tags: dict[str, str]) -> None:
+    azure.ensure_resource_group(name, location, tags)
+
+
+def delete_resource_group(azure: RecoverySite, name: str) -> bool:
+    """With everything in it; False when it was not there."""
+    return azure.delete_resource_group(name)
 
 
 # -- disks -----------------------------------------------------------------------------------
@@ -117,36 +119,25 @@ def stage_snapshot(site: SiteConfig, blob_service, plan: MachinePlan, disk: Disk
     return dest.url
 
 
-def import_disk(site: SiteConfig, clients: AzureClients, blob_service, plan: MachinePlan, disk: DiskPlan) -> str:
+def import_disk(site: SiteConfig, azure: RecoverySite, blob_service, plan: MachinePlan, disk: DiskPlan) -> str:
     """A managed disk with the point's bytes (Import of a fixed VHD); returns its id."""
-    existing = _find(lambda: clients.compute.disks.get(plan.resource_group, disk.name))
+    existing = azure.get_disk(plan.resource_group, disk.name)
     if existing is not None and existing.provisioning_state == "Succeeded":
         return existing.id
     source = stage_snapshot(site, blob_service, plan, disk)
     account_id = _id(site, site.azure.storage_resource_group or site.azure.resource_group,
                      "Microsoft.Storage/storageAccounts", site.azure.storage_account)
-    body = cm.Disk(
-        location=plan.location, tags=plan.tags, sku=cm.DiskSku(name="Premium_LRS"),
-        os_type="Linux" if disk is plan.disks[0] else None,
-        creation_data=cm.CreationData(create_option="Import", source_uri=source, storage_account_id=account_id),
+    spec = rs.DiskImport(
+        resource_group=plan.resource_group, name=disk.name, location=plan.location, tags=plan.tags,
+        source_uri=source, storage_account_id=account_id, os_type="Linux" if disk is plan.disks[0] else None,
     )
     try:
-        with map_azure_errors(f"import disk {disk.name}"):
-            result = clients.compute.disks.begin_create_or_update(plan.resource_group, disk.name, body).result()
+        return azure.import_disk(spec)
     finally:
         staged = blob_service.get_blob_client(imports_container(site), staging_blob_name(plan, disk))
         with map_blob_errors():
             if staged.exists():
                 staged.delete_blob()
-    return result.id
-
-
-def _find(get: Callable):
-    try:
-        with map_azure_errors("get"):
-            return get()
-    except NotFoundError:
-        return None
 
 
 # -- verification ----------------------------------------------------------------------------
@@ -163,38 +154,24 @@ class DiskVerification(BaseModel):
         return not self.mismatched_blocks and self.footer_ok
 
 
-def verify_disk(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk: DiskPlan, manifest: Manifest,
+def verify_disk(site: SiteConfig, azure: RecoverySite, plan: MachinePlan, disk: DiskPlan, manifest: Manifest,
                 progress: Callable[[int], None] | None = None) -> DiskVerification:
     """Read the managed disk back through a grant-access SAS and compare every block's SHA-256
     with the recovery point's manifest. Access is revoked afterwards, also on failure."""
     pd = disk.point_disk
-    with map_azure_errors(f"grant access to {disk.name}"):
-        access = clients.compute.disks.begin_grant_access(
-            plan.resource_group, disk.name, cm.GrantAccessData(access="Read", duration_in_seconds=3600)
-        ).result()
+    sas_url = azure.grant_disk_access(plan.resource_group, disk.name, duration_s=3600)
     try:
-        reader = BlobClient.from_blob_url(access.access_sas, connection_verify=str(site.azure.ca_bundle) if site.azure.ca_bundle else True)
-        bs = pd.block_size
-        mismatched: list[int] = []
-        offset = 0
+        from drbook.replication.verify import check_against_manifest
+
+        reader = BlobClient.from_blob_url(sas_url, connection_verify=str(site.azure.ca_bundle) if site.azure.ca_bundle else True)
         with map_blob_errors():
-            while offset < pd.size_bytes:
-                length = min(READ_CHUNK, pd.size_bytes - offset)
-                data = reader.download_blob(offset=offset, length=length).readall()
-                for i in range(0, len(data), bs):
-                    index = (offset + i) // bs
-                    digest = hashlib.sha256(data[i:i + bs]).digest()
-                    if index >= manifest.blocks or digest != manifest[index]:
-                        mismatched.append(index)
-                offset += length
-                if progress:
-                    progress(length)
-            total = reader.get_blob_properties().size
-            footer = reader.download_blob(offset=total - VHD_FOOTER, length=VHD_FOOTER).readall()
-        footer_ok = footer[:8] == b"conectix" and total - VHD_FOOTER >= pd.size_bytes
+            # exact_size=False: the managed disk may have been grown since its import.
+            check = check_against_manifest(lambda offset, length: reader.download_blob(offset=offset, length=length).readall(),
+                                           reader.get_blob_properties().size, manifest, progress=progress, exact_size=False)
+        mismatched = check.bad_blocks
+        footer_ok = check.footer_ok and check.tail_ok  # DiskVerification has no field of its own for the padding
     finally:
-        with map_azure_errors(f"revoke access to {disk.name}"):
-            clients.compute.disks.begin_revoke_access(plan.resource_group, disk.name).result()
+        azure.revoke_disk_access(plan.resource_group, disk.name)
     return DiskVerification(disk=disk.disk, managed_disk=disk.name, blocks=manifest.blocks, bytes_verified=pd.size_bytes,
                             mismatched_blocks=mismatched, footer_ok=footer_ok)
 
@@ -211,119 +188,69 @@ def require_verified(results: list[DiskVerification], machine: str) -> None:
 
 
 # -- network and VM --------------------------------------------------------------------------
-def create_nic(site: SiteConfig, clients: AzureClients, plan: MachinePlan) -> tuple[str, str]:
+def create_nic(site: SiteConfig, azure: RecoverySite, plan: MachinePlan) -> tuple[str, str]:
     subnet_id = _id(site, plan.network_resource_group, "Microsoft.Network/virtualNetworks",
                     f"{plan.nic.vnet}/subnets/{plan.nic.subnet}")
-    ipcfg = nm.NetworkInterfaceIPConfiguration(
-        name="ipconfig1", subnet=nm.Subnet(id=subnet_id), primary=True,
-        private_ip_allocation_method="Static" if plan.nic.static_ip else "Dynamic",
-        private_ip_address=plan.nic.static_ip,
-    )
-    body = nm.NetworkInterface(location=plan.location, tags=plan.tags, ip_configurations=[ipcfg])
-    with map_azure_errors(f"create NIC {plan.nic_name}"):
-        nic = clients.network.network_interfaces.begin_create_or_update(plan.resource_group, plan.nic_name, body).result()
-    return nic.id, nic.ip_configurations[0].private_ip_address
+    nic = azure.create_nic(rs.NicSpec(resource_group=plan.resource_group, name=plan.nic_name, location=plan.location,
+                                      tags=plan.tags, subnet_id=subnet_id, static_ip=plan.nic.static_ip))
+    return nic.id, nic.private_ip
 
 
-def create_vm(site: SiteConfig, clients: AzureClients, plan: MachinePlan, disk_ids: list[str], nic_id: str) -> str:
-    os_disk, data_disks = disk_ids[0], disk_ids[1:]
-    body = cm.VirtualMachine(
-        location=plan.location,
-        tags=plan.tags,
-        hardware_profile=cm.HardwareProfile(vm_size=plan.size),
-        storage_profile=cm.StorageProfile(
-            os_disk=cm.OSDisk(os_type="Linux", create_option="Attach", name=plan.disks[0].name,
-                              managed_disk=cm.ManagedDiskParameters(id=os_disk)),
-            data_disks=[cm.DataDisk(lun=lun, create_option="Attach", name=plan.disks[lun + 1].name,
-                                    managed_disk=cm.ManagedDiskParameters(id=did))
-                        for lun, did in enumerate(data_disks)],
-        ),
-        network_profile=cm.NetworkProfile(network_interfaces=[cm.NetworkInterfaceReference(id=nic_id, primary=True)]),
-        diagnostics_profile=cm.DiagnosticsProfile(boot_diagnostics=cm.BootDiagnostics(enabled=True)),
-    )
-    with map_azure_errors(f"create VM {plan.vm_name}"):
-        vm = clients.compute.virtual_machines.begin_create_or_update(plan.resource_group, plan.vm_name, body).result()
-    return vm.id
+def create_vm(site: SiteConfig, azure: RecoverySite, plan: MachinePlan, disk_ids: list[str], nic_id: str) -> str:
+    disks = [rs.AttachedDisk(name=d.name, id=disk_id) for d, disk_id in zip(plan.disks, disk_ids)]
+    return azure.create_vm(rs.VmSpec(
+        resource_group=plan.resource_group, name=plan.vm_name, location=plan.location, tags=plan.tags, size=plan.size,
+        os_type="Linux", os_disk=disks[0], data_disks=disks[1:], nic_id=nic_id, boot_diagnostics=True,
+    ))
 
 
-def power_state(clients: AzureClients, rg: str, vm_name: str) -> str:
-    with map_azure_errors(f"instance view of {vm_name}"):
-        view = clients.compute.virtual_machines.instance_view(rg, vm_name)
-    codes = [s.code for s in (view.statuses or []) if s.code and s.code.startswith("PowerState/")]
-    return codes[0].split("/", 1)[1] if codes else "unknown"
+def power_state(azure: RecoverySite, rg: str, vm_name: str) -> str:
+    return azure.power_state(rg, vm_name)
 
 
-def start_vm(clients: AzureClients, plan: MachinePlan) -> str:
-    if power_state(clients, plan.resource_group, plan.vm_name) != "running":
-        with map_azure_errors(f"start VM {plan.vm_name}"):
-            clients.compute.virtual_machines.begin_start(plan.resource_group, plan.vm_name).result()
-    state = power_state(clients, plan.resource_group, plan.vm_name)
+def start_vm(azure: RecoverySite, plan: MachinePlan) -> str:
+    if azure.power_state(plan.resource_group, plan.vm_name) != "running":
+        azure.start_vm(plan.resource_group, plan.vm_name)
+    state = azure.power_state(plan.resource_group, plan.vm_name)
     if state != "running":
         raise AzureError(f"{plan.vm_name} is {state} after start")
     return state
 
 
-def run_script(clients: AzureClients, plan: MachinePlan, script: str) -> str:
-    with map_azure_errors(f"run command on {plan.vm_name}"):
-        result = clients.compute.virtual_machines.begin_run_command(
-            plan.resource_group, plan.vm_name, cm.RunCommandInput(command_id="RunShellScript", script=script.splitlines())
-        ).result()
-    return "\n".join((v.message or "") for v in (result.value or []))
+def run_script(azure: RecoverySite, plan: MachinePlan, script: str) -> str:
+    return azure.run_shell_script(plan.resource_group, plan.vm_name, script)
 
 
 # -- removal ---------------------------------------------------------------------------------
-def delete_resource(clients: AzureClients, kind: Literal["VM", "NIC", "disk"], rg: str, name: str) -> bool:
+_KINDS = {"VM": rs.VIRTUAL_MACHINE, "NIC": rs.NETWORK_INTERFACE, "disk": rs.MANAGED_DISK}
+# Dependents before what they depend on: a VM holds its NIC and disks, Azure refuses to delete those first.
+_DELETE_ORDER = (rs.VIRTUAL_MACHINE, rs.NETWORK_INTERFACE, rs.PUBLIC_IP_ADDRESS, rs.SNAPSHOT, rs.MANAGED_DISK)
+
+
+def delete_resource(azure: RecoverySite, kind: Literal["VM", "NIC", "disk"], rg: str, name: str) -> bool:
     """Delete one resource this module makes; False when it was not there."""
-    begin_delete = {
-        "VM": clients.compute.virtual_machines.begin_delete,
-        "NIC": clients.network.network_interfaces.begin_delete,
-        "disk": clients.compute.disks.begin_delete,
-    }[kind]
-    try:
-        with map_azure_errors(f"delete {kind} {name}"):
-            begin_delete(rg, name).result()
-        return True
-    except NotFoundError:
-        return False
+    return azure.delete_resource(_KINDS[kind], rg, name)
 
 
-_DELETE_ORDER = ("Microsoft.Compute/virtualMachines", "Microsoft.Network/networkInterfaces",
-                 "Microsoft.Network/publicIPAddresses", "Microsoft.Compute/snapshots", "Microsoft.Compute/disks")
+def resources_of_run(azure: RecoverySite, run_id: str) -> list[TaggedResource]:
+    return azure.list_tagged(TAG_RUN, run_id)
 
 
-def resources_of_run(clients: AzureClients, run_id: str) -> list:
-    with map_azure_errors(f"list resources of run {run_id}"):
-        return list(clients.resource.resources.list(filter=f"tagName eq '{TAG_RUN}' and tagValue eq '{run_id}'"))
+def resources_of_site(azure: RecoverySite, site: str) -> list[TaggedResource]:
+    """What any run of this site made (and has not removed)."""
+    return azure.list_tagged(TAG_SITE, site)
 
 
-def sweep_run(clients: AzureClients, run_id: str) -> list[str]:
-    """Delete every resource tagged with the run, VMs first. Returns what was deleted."""
-    found = resources_of_run(clients, run_id)
+def deletion_order(found: list[TaggedResource]) -> list[TaggedResource]:
+    """VMs first, then NICs, public IPs, snapshots and disks; types drbook does not make last."""
     rank = {t.lower(): i for i, t in enumerate(_DELETE_ORDER)}
-    found.sort(key=lambda r: rank.get(r.type.lower(), len(rank)))
+    return sorted(found, key=lambda r: rank.get(r.type.lower(), len(rank)))
+
+
+def sweep_run(azure: RecoverySite, run_id: str) -> list[str]:
+    """Delete every resource tagged with the run, VMs first. Returns what was deleted."""
     deleted = []
-    for r in found:
-        rg = r.id.split("/")[4]
-        try:
-            with map_azure_errors(f"delete {r.type} {r.name}"):
-                _delete_generic(clients, r.type, rg, r.name)
+    for r in deletion_order(resources_of_run(azure, run_id)):
+        if azure.delete_resource(r.type, r.resource_group, r.name):
             deleted.append(r.id)
-        except NotFoundError:
-            pass
     return deleted
-
-
-def _delete_generic(clients: AzureClients, rtype: str, rg: str, name: str) -> None:
-    kind = rtype.lower()
-    if kind == "microsoft.compute/virtualmachines":
-        clients.compute.virtual_machines.begin_delete(rg, name).result()
-    elif kind == "microsoft.network/networkinterfaces":
-        clients.network.network_interfaces.begin_delete(rg, name).result()
-    elif kind == "microsoft.network/publicipaddresses":
-        clients.network.public_ip_addresses.begin_delete(rg, name).result()
-    elif kind == "microsoft.compute/snapshots":
-        clients.compute.snapshots.begin_delete(rg, name).result()
-    elif kind == "microsoft.compute/disks":
-        clients.compute.disks.begin_delete(rg, name).result()
-    else:
-        raise AzureError(f"do not know how to delete a {rtype} ({name}); remove it by hand")

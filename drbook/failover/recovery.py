@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from drbook.adapters.azure import AzureClients, map_azure_errors
+from drbook.adapters.recovery_site import RecoverySite
 from drbook.config import SiteConfig
 from drbook.errors import PreflightError
 from drbook.failover import points as pointlib
@@ -41,16 +41,13 @@ class MachineResult(BaseModel):
     script_output: str = ""
 
 
-def offered_sizes(clients: AzureClients, location: str) -> list[VmSize]:
-    with map_azure_errors(f"list VM sizes in {location}"):
-        return [VmSize(name=s.name, cores=s.number_of_cores, memory_mb=s.memory_in_mb)
-                for s in clients.compute.virtual_machine_sizes.list(location)]
+def offered_sizes(azure: RecoverySite, location: str) -> list[VmSize]:
+    return azure.vm_sizes(location)
 
 
-def taken_ips(clients: AzureClients, rg: str) -> set[str]:
-    with map_azure_errors(f"list NICs in {rg}"):
-        nics = list(clients.network.network_interfaces.list(rg))
-    return {c.private_ip_address for n in nics for c in (n.ip_configurations or []) if c.private_ip_address}
+def taken_ips(azure: RecoverySite, rg: str) -> set[str]:
+    """IPs a failover's NIC cannot keep: NICs in the production resource group hold them."""
+    return azure.private_ips(rg)
 
 
 def choose_points(site: SiteConfig, items: list[ProtectedItem], points_by_item: dict[str, list[RecoveryPoint]],

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
-
+from drbook.adapters.recovery_site import VmSize
 from drbook.errors import PreflightError
 
 # Families in order of preference for a recovered server: general purpose first.
 _FAMILY_ORDER = ("Standard_D", "Standard_B", "Standard_E")
-
-
-class VmSize(BaseModel):
-    name: str
-    cores: int
-    memory_mb: int
 
 
 def _family_rank(name: str) -> int:
