@@ -1,8 +1,11 @@
 """HTTP in, backend call, HTTP out: one small function per ARM operation.
 
-Each handler gets the backend and the parsed request and returns a Reply. Most run entirely
-under the store's lock (`locked`); disk creation and grant access do their blob work between
-two locked steps so one slow copy does not stall every other request.
+Each handler gets the backend and the parsed request, calls the backend, and turns what it
+answers (a resource, a list, or an outcome from models/outcomes.py) into a Response: the status
+code and the long-running-operation headers are decided here, as ARM's resource providers send
+them. Most handlers run entirely under the store's lock (`locked`), so bodies, which are live
+state, are serialised before anyone else can change them; disk creation and grant access do
+their blob work between two locked steps so one slow copy does not stall every other request.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .exceptions import ArmError
-from .models import ArmBackend, Reply
-from .models.compute import DiskPlan
+from .models import ArmBackend
+from .models.disks import DiskPlan
+from .models.outcomes import Deletion, Operation, Written
 from .settings import retry_headers
 
 
@@ -60,11 +64,23 @@ def error_response(exc: ArmError) -> Response:
     return Response(exc.status, encode(exc.body()), dict(exc.headers))
 
 
-def _retry_after(op: dict[str, Any]) -> dict[str, str]:
+# == answers ==================================================================================
+
+
+def ok(body: Any = None) -> Response:
+    return Response(200, encode(body))
+
+
+def listing(items: list[Any]) -> Response:
+    return ok({"value": items})
+
+
+def _retry_after(op: Operation) -> dict[str, str]:
     return retry_headers(max(op["deadline"] - time.time(), 0.01))
 
 
-def _op_urls(r: Request, op: dict[str, Any]) -> tuple[str, str]:
+def _op_urls(r: Request, op: Operation) -> tuple[str, str]:
+    """The operation's status URL and its result URL."""
     sub = op["resourceId"].split("/")[2]
     v = r.api_version
     if op["namespace"] == "Microsoft.Resources":
@@ -77,35 +93,57 @@ def _op_urls(r: Request, op: dict[str, Any]) -> tuple[str, str]:
     return f"{base}/operations/{op['id']}?api-version={v}", f"{base}/operationResults/{op['id']}?api-version={v}"
 
 
-def finish(r: Request, reply: Reply) -> Response:
-    """Serialise under the lock (bodies are live state) and add the LRO headers ARM sends."""
-    headers = dict(reply.headers)
-    if reply.op is not None:
-        async_url, location_url = _op_urls(r, reply.op)
-        if reply.lro == "location":
-            headers["Location"] = location_url
-        else:
-            headers["Azure-AsyncOperation"] = async_url
-            if r.method in ("POST", "DELETE"):
-                headers["Location"] = location_url
-        headers.update(_retry_after(reply.op))
-    return Response(reply.status, encode(reply.body), headers)
+LroHeaders = Callable[[Request, Operation], dict[str, str]]
 
 
-def locked(fn: Callable[[ArmBackend, Request], Reply]) -> Callable[[ArmBackend, Request], Response]:
+def async_headers(r: Request, op: Operation) -> dict[str, str]:
+    """Compute and Network: Azure-AsyncOperation, plus Location for POST and DELETE."""
+    status_url, result_url = _op_urls(r, op)
+    headers = {"Azure-AsyncOperation": status_url}
+    if r.method in ("POST", "DELETE"):
+        headers["Location"] = result_url
+    return {**headers, **_retry_after(op)}
+
+
+def location_headers(r: Request, op: Operation) -> dict[str, str]:
+    """Resources (group delete) and Storage (account create): Location only."""
+    return {"Location": _op_urls(r, op)[1], **_retry_after(op)}
+
+
+def accepted(r: Request, op: Operation, lro: LroHeaders = async_headers) -> Response:
+    """202: the change goes on in the operation the headers point to."""
+    return Response(202, b"", lro(r, op))
+
+
+def written(r: Request, w: Written, *, created: int = 201) -> Response:
+    """A PUT/PATCH: `created` (201, or 202 for disks) for a new resource, else 200; the body as it now stands."""
+    headers = async_headers(r, w.operation) if w.operation is not None else {}
+    return Response(created if w.created else 200, encode(w.resource), headers)
+
+
+def deleted(r: Request, d: Deletion, lro: LroHeaders = async_headers) -> Response:
+    """204 when nothing was there, 200 when gone at once, else 202 with the operation."""
+    if not d.existed:
+        return Response(204)
+    if d.operation is None:
+        return Response(200)
+    return accepted(r, d.operation, lro)
+
+
+def locked(fn: Callable[[ArmBackend, Request], Response]) -> Callable[[ArmBackend, Request], Response]:
     def run(b: ArmBackend, r: Request) -> Response:
         with b.store.txn():
             b.settle()
-            return finish(r, fn(b, r))
+            return fn(b, r)
 
     run.__name__ = fn.__name__
     return run
 
 
-def in_txn(b: ArmBackend, r: Request, fn: Callable[[], Reply]) -> Response:
+def in_txn(b: ArmBackend, fn: Callable[[], Response]) -> Response:
     with b.store.txn():
         b.settle()
-        return finish(r, fn())
+        return fn()
 
 
 P = Callable[[ArmBackend, Request], Response]
@@ -115,57 +153,59 @@ P = Callable[[ArmBackend, Request], Response]
 
 @locked
 def rg_put(b, r):
-    return b.put_rg(r.params["sub"], r.params["rg"], r.json())
+    return written(r, b.put_rg(r.params["sub"], r.params["rg"], r.json()))
 
 
 @locked
 def rg_get(b, r):
-    return b.get_rg(r.params["sub"], r.params["rg"])
+    return ok(b.get_rg(r.params["sub"], r.params["rg"]))
 
 
 @locked
 def rg_head(b, r):
-    return b.head_rg(r.params["sub"], r.params["rg"])
+    return Response(204 if b.rg_exists(r.params["sub"], r.params["rg"]) else 404)
 
 
 @locked
 def rg_patch(b, r):
-    return b.patch_rg(r.params["sub"], r.params["rg"], r.json())
+    return ok(b.patch_rg(r.params["sub"], r.params["rg"], r.json()))
 
 
 @locked
 def rg_delete(b, r):
-    return b.delete_rg(r.params["sub"], r.params["rg"])
+    return deleted(r, b.delete_rg(r.params["sub"], r.params["rg"]), location_headers)
 
 
 @locked
 def rg_list(b, r):
-    return b.list_rgs(r.params["sub"], r.q("$filter"), r.q("$top"))
+    return listing(b.list_rgs(r.params["sub"], r.q("$filter"), r.q("$top")))
 
 
 @locked
 def resources_list(b, r):
-    return b.list_resources(r.params["sub"], r.params.get("rg"), r.q("$filter"), r.q("$expand"), r.q("$top"))
+    return listing(b.list_resources(r.params["sub"], r.params.get("rg"), r.q("$filter"), r.q("$expand"),
+                                    r.q("$top")))
 
 
 @locked
 def tags_get(b, r):
-    return b.get_tags(r.params["scope"])
+    return ok(b.get_tags(r.params["scope"]))
 
 
 @locked
 def tags_put(b, r):
-    return b.put_tags(r.params["scope"], r.json())
+    return ok(b.put_tags(r.params["scope"], r.json()))
 
 
 @locked
 def tags_patch(b, r):
-    return b.patch_tags(r.params["scope"], r.json())
+    return ok(b.patch_tags(r.params["scope"], r.json()))
 
 
 @locked
 def tags_delete(b, r):
-    return b.delete_tags(r.params["scope"])
+    b.delete_tags(r.params["scope"])
+    return ok()
 
 
 # == long-running operation status ============================================================
@@ -174,10 +214,8 @@ def tags_delete(b, r):
 @locked
 def op_status(b, r):
     op = b.operation(r.params["sub"], r.params["opid"])
-    reply = Reply(200, b.op_status_body(op))
-    if op["status"] == "InProgress":
-        reply.headers.update(_retry_after(op))
-    return reply
+    headers = _retry_after(op) if op["status"] == "InProgress" else {}
+    return Response(200, encode(b.op_status_body(op)), headers)
 
 
 def op_result(b: ArmBackend, r: Request) -> Response:
@@ -196,7 +234,7 @@ def op_result(b: ArmBackend, r: Request) -> Response:
         return Response(204 if op["namespace"] != "Microsoft.Resources" else 200)
 
 
-# == Microsoft.Compute ========================================================================
+# == Microsoft.Compute: disks and snapshots ===================================================
 
 
 def _disk_put(kind: str) -> P:
@@ -205,10 +243,10 @@ def _disk_put(kind: str) -> P:
             b.settle()
             plan = b.disk_put_plan(kind, r.params["sub"], r.params["rg"], r.params["name"], r.json())
             if not isinstance(plan, DiskPlan):
-                return finish(r, plan)
+                return written(r, plan, created=202)
         if plan.import_uri or plan.copy_blob:
             b.disk_blob_work(plan)  # raises InvalidVhd & co. before anything is recorded
-        return in_txn(b, r, lambda: b.disk_put_commit(plan))
+        return in_txn(b, lambda: written(r, b.disk_put_commit(plan), created=202))
 
     return run
 
@@ -224,7 +262,7 @@ def _grant(kind: str) -> P:
             with b.store.txn():
                 b.grant_abort(plan)
             raise
-        return in_txn(b, r, lambda: b.grant_commit(kind, plan))
+        return in_txn(b, lambda: accepted(r, b.grant_commit(kind, plan)))
 
     return run
 
@@ -234,71 +272,74 @@ def _kind(kind: str, method: str) -> P:
     def run(b, r):
         p = r.params
         if method == "get":
-            return b.get_disk(kind, p["sub"], p["rg"], p["name"])
+            return ok(b.get_disk(kind, p["sub"], p["rg"], p["name"]))
         if method == "patch":
-            return b.patch_disk(kind, p["sub"], p["rg"], p["name"], r.json())
+            return written(r, b.patch_disk(kind, p["sub"], p["rg"], p["name"], r.json()))
         if method == "delete":
-            return b.delete_disk(kind, p["sub"], p["rg"], p["name"])
+            return deleted(r, b.delete_disk(kind, p["sub"], p["rg"], p["name"]))
         if method == "list":
-            return b.list_disks(kind, p["sub"], p.get("rg"))
+            return listing(b.list_disks(kind, p["sub"], p.get("rg")))
         if method == "revoke":
-            return b.revoke(kind, p["sub"], p["rg"], p["name"])
+            return accepted(r, b.revoke(kind, p["sub"], p["rg"], p["name"]))
         raise AssertionError(method)
 
     return run
 
 
+# == Microsoft.Compute: virtual machines and sizes ============================================
+
+
 @locked
 def vm_put(b, r):
-    return b.put_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+    return written(r, b.put_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json()))
 
 
 @locked
 def vm_get(b, r):
-    return b.get_vm(r.params["sub"], r.params["rg"], r.params["name"], r.q("$expand"))
+    return ok(b.get_vm(r.params["sub"], r.params["rg"], r.params["name"], r.q("$expand")))
 
 
 @locked
 def vm_patch(b, r):
-    return b.patch_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+    return written(r, b.patch_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json()))
 
 
 @locked
 def vm_delete(b, r):
-    return b.delete_vm(r.params["sub"], r.params["rg"], r.params["name"])
+    return deleted(r, b.delete_vm(r.params["sub"], r.params["rg"], r.params["name"]))
 
 
 @locked
 def vm_list(b, r):
-    return b.list_vms(r.params["sub"], r.params.get("rg"), r.params.get("loc"))
+    return listing(b.list_vms(r.params["sub"], r.params.get("rg"), r.params.get("loc")))
 
 
 @locked
 def vm_instance_view(b, r):
-    return b.instance_view(r.params["sub"], r.params["rg"], r.params["name"])
+    return ok(b.instance_view(r.params["sub"], r.params["rg"], r.params["name"]))
 
 
 @locked
 def vm_available_sizes(b, r):
-    return b.vm_available_sizes(r.params["sub"], r.params["rg"], r.params["name"])
+    return listing(b.vm_available_sizes(r.params["sub"], r.params["rg"], r.params["name"]))
 
 
 def _vm_action(action: str) -> P:
     @locked
     def run(b, r):
-        return b.vm_action(action, r.params["sub"], r.params["rg"], r.params["name"])
+        return accepted(r, b.vm_action(action, r.params["sub"], r.params["rg"], r.params["name"]))
 
     return run
 
 
 @locked
 def vm_run_command(b, r):
-    return b.run_command(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+    return accepted(r, b.run_command(r.params["sub"], r.params["rg"], r.params["name"], r.json()))
 
 
 @locked
 def vm_sizes(b, r):
-    return b.vm_sizes(r.params["sub"], r.params["loc"])
+    return listing(b.vm_sizes(r.params["sub"], r.params["loc"]))
 
 
 # == Microsoft.Network ========================================================================
@@ -312,15 +353,15 @@ def _net_top(type_: str, method: str) -> P:
     def run(b, r):
         p = r.params
         if method == "put":
-            return getattr(b, put)(p["sub"], p["rg"], p["name"], r.json())
+            return written(r, getattr(b, put)(p["sub"], p["rg"], p["name"], r.json()))
         if method == "get":
-            return b.net_get_top(p["sub"], p["rg"], type_, p["name"])
+            return ok(b.net_get_top(p["sub"], p["rg"], type_, p["name"]))
         if method == "patch":
-            return b.net_patch_tags(p["sub"], p["rg"], type_, p["name"], r.json())
+            return ok(b.net_patch_tags(p["sub"], p["rg"], type_, p["name"], r.json()))
         if method == "delete":
-            return b.net_delete_top(p["sub"], p["rg"], type_, p["name"])
+            return deleted(r, b.net_delete_top(p["sub"], p["rg"], type_, p["name"]))
         if method == "list":
-            return b.net_list(p["sub"], p.get("rg"), type_)
+            return listing(b.net_list(p["sub"], p.get("rg"), type_))
         raise AssertionError(method)
 
     return run
@@ -333,13 +374,13 @@ def _net_child(parent_type: str, child_type: str, method: str) -> P:
     def run(b, r):
         p = r.params
         if method == "put":
-            return getattr(b, put)(p["sub"], p["rg"], p["parent"], p["name"], r.json())
+            return written(r, getattr(b, put)(p["sub"], p["rg"], p["parent"], p["name"], r.json()))
         if method == "get":
-            return b.get_child(p["sub"], p["rg"], parent_type, p["parent"], child_type, p["name"])
+            return ok(b.get_child(p["sub"], p["rg"], parent_type, p["parent"], child_type, p["name"]))
         if method == "delete":
-            return b.delete_child(p["sub"], p["rg"], parent_type, p["parent"], child_type, p["name"])
+            return deleted(r, b.delete_child(p["sub"], p["rg"], parent_type, p["parent"], child_type, p["name"]))
         if method == "list":
-            return b.list_children(p["sub"], p["rg"], parent_type, p["parent"], child_type)
+            return listing(b.list_children(p["sub"], p["rg"], parent_type, p["parent"], child_type))
         raise AssertionError(method)
 
     return run
@@ -347,7 +388,7 @@ def _net_child(parent_type: str, child_type: str, method: str) -> P:
 
 @locked
 def nsg_default_rules(b, r):
-    return b.list_default_rules(r.params["sub"], r.params["rg"], r.params["parent"])
+    return listing(b.list_default_rules(r.params["sub"], r.params["rg"], r.params["parent"]))
 
 
 # == Microsoft.Storage ========================================================================
@@ -355,37 +396,40 @@ def nsg_default_rules(b, r):
 
 @locked
 def sa_put(b, r):
-    return b.put_account(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+    w = b.put_account(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+    if w.created:  # the account comes with the operation's result, not with this answer
+        return accepted(r, w.operation, location_headers)
+    return written(r, w)
 
 
 @locked
 def sa_get(b, r):
-    return b.get_account(r.params["sub"], r.params["rg"], r.params["name"])
+    return ok(b.get_account(r.params["sub"], r.params["rg"], r.params["name"]))
 
 
 @locked
 def sa_patch(b, r):
-    return b.patch_account(r.params["sub"], r.params["rg"], r.params["name"], r.json())
+    return ok(b.patch_account(r.params["sub"], r.params["rg"], r.params["name"], r.json()))
 
 
 @locked
 def sa_delete(b, r):
-    return b.delete_account(r.params["sub"], r.params["rg"], r.params["name"])
+    return deleted(r, b.delete_account(r.params["sub"], r.params["rg"], r.params["name"]))
 
 
 @locked
 def sa_list(b, r):
-    return b.list_accounts(r.params["sub"], r.params.get("rg"))
+    return listing(b.list_accounts(r.params["sub"], r.params.get("rg")))
 
 
 @locked
 def sa_keys(b, r):
-    return b.list_keys(r.params["sub"], r.params["rg"], r.params["name"])
+    return ok({"keys": b.list_keys(r.params["sub"], r.params["rg"], r.params["name"])})
 
 
 @locked
 def sa_name_check(b, r):
-    return b.check_name_availability(r.params["sub"], r.json())
+    return ok(b.check_name_availability(r.params["sub"], r.json()))
 
 
 # == the lab's own control endpoints (no auth, no api-version) ================================

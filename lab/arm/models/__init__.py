@@ -1,6 +1,8 @@
 """The emulator's backends: every resource type, keyed by subscription and resource group.
 
-Nothing here sees HTTP; responses.py calls these methods under the store's lock.
+Nothing here sees HTTP; responses.py calls these methods under the store's lock. A read answers
+the resource (or a list of them); a change answers what happened (outcomes.py), and responses.py
+picks the status code and the long-running-operation headers.
 """
 
 from __future__ import annotations
@@ -10,23 +12,26 @@ from typing import Any
 from ..blobs import DiskBlobs
 from ..settings import LabSettings
 from ..store import Store
-from .base import ArmConfig, Reply
-from .compute import ComputeBackend
+from .base import ArmConfig
+from .disks import DisksBackend
 from .network import NetworkBackend
 from .resources import ResourcesBackend
+from .sizes import SizesBackend
 from .storage import StorageBackend
+from .vms import VirtualMachinesBackend
 
-__all__ = ["ArmBackend", "ArmConfig", "Reply"]
+__all__ = ["ArmBackend", "ArmConfig"]
 
 
-class ArmBackend(ComputeBackend, NetworkBackend, StorageBackend, ResourcesBackend):
+class ArmBackend(VirtualMachinesBackend, DisksBackend, SizesBackend, NetworkBackend, StorageBackend,
+                 ResourcesBackend):
     def __init__(self, config: ArmConfig, store: Store | None = None) -> None:
         store = store or Store(config.state_dir)
         blobs = DiskBlobs(config.blob_endpoint, config.blob_account, config.blob_key, config.ca_bundle)
         super().__init__(store, config, blobs, LabSettings(store, config.default_duration))
 
     def references(self, record: dict[str, Any]) -> list[str]:
-        return self.network_references(record) + self.compute_references(record)
+        return self.network_references(record) + self.vm_references(record)
 
     def release(self, record: dict[str, Any], deleting_group: bool = False) -> None:
         """Undo what a resource holds on others, just before it disappears."""

@@ -13,7 +13,7 @@ import datetime as dt
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,6 @@ class ArmConfig:
     ca_bundle: str | None = None
     state_dir: Path | None = None
     default_duration: float = 0.05
-
-
-@dataclass
-class Reply:
-    """What a backend answers; responses.py turns it into HTTP (and LRO headers when `op` is set)."""
-
-    status: int = 200
-    body: Any = None
-    op: dict[str, Any] | None = None
-    lro: str = "async"  # "async": Azure-AsyncOperation (+ Location for POST/DELETE); "location": Location only
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def now_iso(ts: float | None = None) -> str:

@@ -12,7 +12,8 @@ from typing import Any, Iterator
 
 from ..exceptions import ArmError, BadRequest, NotFound
 from ..ids import ResourceId, parse_id, same_id
-from .base import Base, Reply
+from .base import Base
+from .outcomes import Deletion, Written
 
 NS = "Microsoft.Network"
 PROTOCOLS = {"tcp": "Tcp", "udp": "Udp", "icmp": "Icmp", "esp": "Esp", "ah": "Ah", "*": "*"}
@@ -121,11 +122,11 @@ class NetworkBackend(Base):
 
     # -- the LRO shared by every network write -----------------------------------------------
     def _net_accept(self, record: dict[str, Any], target_id: str, created: bool, op_type: str,
-                    body: dict[str, Any]) -> Reply:
+                    body: dict[str, Any]) -> Written:
         op = self.start_op(op_type, target_id, "net_put", namespace=NS, location=record["body"]["location"],
                            record=record)
         self.save(record)
-        return Reply(201 if created else 200, body, op=op)
+        return Written(body, created=created, operation=op)
 
     def _complete_net_put(self, op: dict[str, Any]) -> None:
         self._set_state(op["resourceId"], "Succeeded")
@@ -163,11 +164,11 @@ class NetworkBackend(Base):
                 return child
         return None
 
-    def _net_delete(self, record: dict[str, Any], target_id: str) -> Reply:
+    def _net_delete(self, record: dict[str, Any], target_id: str) -> Deletion:
         op = self.start_op(_op_type(target_id, "delete"), target_id, "net_delete", namespace=NS,
                            location=record["body"]["location"], record=record)
         self.store.touch()
-        return Reply(202, op=op)
+        return Deletion(existed=True, operation=op)
 
     def _complete_net_delete(self, op: dict[str, Any]) -> None:
         record = self.get(op["resourceId"])
@@ -190,23 +191,22 @@ class NetworkBackend(Base):
     def _failed_net_delete(self, op: dict[str, Any]) -> None:
         self._set_state(op["resourceId"], "Succeeded")
 
-    def net_get_top(self, sub: str, rg: str, type_: str, name: str) -> Reply:
+    def net_get_top(self, sub: str, rg: str, type_: str, name: str) -> dict[str, Any]:
         record = self.require(self.rid(sub, rg, NS, type_, name))
-        return Reply(200, self.render_network(record))
+        return self.render_network(record)
 
-    def net_list(self, sub: str, rg: str | None, type_: str) -> Reply:
+    def net_list(self, sub: str, rg: str | None, type_: str) -> list[dict[str, Any]]:
         if rg:
             self.require_rg(sub, rg)
         else:
             self.check_sub(sub)
-        items = [self.render_network(r) for r in self.store.records(sub, rg) if r["body"]["type"] == f"{NS}/{type_}"]
-        return Reply(200, {"value": items})
+        return [self.render_network(r) for r in self.store.records(sub, rg) if r["body"]["type"] == f"{NS}/{type_}"]
 
-    def net_delete_top(self, sub: str, rg: str, type_: str, name: str) -> Reply:
+    def net_delete_top(self, sub: str, rg: str, type_: str, name: str) -> Deletion:
         self.writable_rg(sub, rg)
         record = self.get(self.rid(sub, rg, NS, type_, name))
         if record is None:
-            return Reply(204)
+            return Deletion(existed=False)
         self.busy(record)
         body = record["body"]
         if type_ == "networkInterfaces" and body["properties"].get("virtualMachine"):
@@ -231,13 +231,13 @@ class NetworkBackend(Base):
         body["properties"]["provisioningState"] = "Deleting"
         return self._net_delete(record, body["id"])
 
-    def net_patch_tags(self, sub: str, rg: str, type_: str, name: str, body: dict[str, Any]) -> Reply:
+    def net_patch_tags(self, sub: str, rg: str, type_: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self.writable_rg(sub, rg)
         record = self.require(self.rid(sub, rg, NS, type_, name))
         if "tags" in body:
             record["body"]["tags"] = {str(k): str(v) for k, v in (body.get("tags") or {}).items()}
         self.save(record)
-        return Reply(200, self.render_network(record))
+        return self.render_network(record)
 
     # -- virtual networks and subnets --------------------------------------------------------
     def _subnet_unused(self, subnet: dict[str, Any], verb: str) -> None:
@@ -300,7 +300,7 @@ class NetworkBackend(Base):
                                        f"'{vnet_name}'.", code="NetcfgSubnetRangesOverlap", status=400)
                 seen.append((s["name"], net))
 
-    def put_vnet(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_vnet(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Written:
         rid, existing, location, tags = self.prepare_put(sub, rg, NS, "virtualNetworks", name, body)
         props = dict(_props(body))
         space = ((props.get("addressSpace") or {}).get("addressPrefixes")) or []
@@ -335,7 +335,7 @@ class NetworkBackend(Base):
         return self._net_accept(record, str(rid), existing is None, f"{NS}/virtualNetworks/write",
                                 self.render_network(record))
 
-    def put_subnet(self, sub: str, rg: str, vnet: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_subnet(self, sub: str, rg: str, vnet: str, name: str, body: dict[str, Any]) -> Written:
         self.writable_rg(sub, rg)
         record = self.require(self.rid(sub, rg, NS, "virtualNetworks", vnet))
         self.busy(record)
@@ -354,30 +354,30 @@ class NetworkBackend(Base):
         return self._net_accept(record, new["id"], old is None, f"{NS}/virtualNetworks/subnets/write",
                                 self.render_subnet(new))
 
-    def get_child(self, sub: str, rg: str, parent_type: str, parent: str, child_type: str, name: str) -> Reply:
+    def get_child(self, sub: str, rg: str, parent_type: str, parent: str, child_type: str, name: str) -> dict[str, Any]:
         record = self.require(self.rid(sub, rg, NS, parent_type, parent))
         rid = parse_id(record["body"]["id"]).child(child_type, name)
         child = self._find_child(record, rid)
         if child is None:
             raise NotFound(f"Resource {rid} not found.", code="NotFound")
-        return Reply(200, self.render_subnet(child) if child_type == "subnets" else child)
+        return self.render_subnet(child) if child_type == "subnets" else child
 
-    def list_children(self, sub: str, rg: str, parent_type: str, parent: str, child_type: str) -> Reply:
+    def list_children(self, sub: str, rg: str, parent_type: str, parent: str, child_type: str) -> list[dict[str, Any]]:
         record = self.require(self.rid(sub, rg, NS, parent_type, parent))
         items = self._child_list(record, child_type)
         if child_type == "subnets":
             items = [self.render_subnet(s) for s in items]
-        return Reply(200, {"value": items})
+        return items
 
-    def delete_child(self, sub: str, rg: str, parent_type: str, parent: str, child_type: str, name: str) -> Reply:
+    def delete_child(self, sub: str, rg: str, parent_type: str, parent: str, child_type: str, name: str) -> Deletion:
         self.writable_rg(sub, rg)
         record = self.get(self.rid(sub, rg, NS, parent_type, parent))
         if record is None:
-            return Reply(204)
+            return Deletion(existed=False)
         rid = parse_id(record["body"]["id"]).child(child_type, name)
         child = self._find_child(record, rid)
         if child is None:
-            return Reply(204)
+            return Deletion(existed=False)
         self.busy(record)
         if child_type == "subnets":
             self._subnet_unused(child, "deleted")
@@ -385,7 +385,7 @@ class NetworkBackend(Base):
         return self._net_delete(record, child["id"])
 
     # -- peerings ------------------------------------------------------------------------------
-    def put_peering(self, sub: str, rg: str, vnet: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_peering(self, sub: str, rg: str, vnet: str, name: str, body: dict[str, Any]) -> Written:
         self.writable_rg(sub, rg)
         record = self.require(self.rid(sub, rg, NS, "virtualNetworks", vnet))
         self.busy(record)
@@ -510,7 +510,7 @@ class NetworkBackend(Base):
                                        "access": access, "priority": prio, "direction": direction}})
         return out
 
-    def put_nsg(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_nsg(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Written:
         rid, existing, location, tags = self.prepare_put(sub, rg, NS, "networkSecurityGroups", name, body)
         props = dict(_props(body))
         rules = [self._build_rule(rid, r) for r in props.get("securityRules") or []]
@@ -527,7 +527,7 @@ class NetworkBackend(Base):
         return self._net_accept(record, str(rid), existing is None, f"{NS}/networkSecurityGroups/write",
                                 self.render_network(record))
 
-    def put_rule(self, sub: str, rg: str, nsg: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_rule(self, sub: str, rg: str, nsg: str, name: str, body: dict[str, Any]) -> Written:
         self.writable_rg(sub, rg)
         record = self.require(self.rid(sub, rg, NS, "networkSecurityGroups", nsg))
         self.busy(record)
@@ -543,12 +543,12 @@ class NetworkBackend(Base):
         return self._net_accept(record, rule["id"], old is None, f"{NS}/networkSecurityGroups/securityRules/write",
                                 rule)
 
-    def list_default_rules(self, sub: str, rg: str, nsg: str) -> Reply:
+    def list_default_rules(self, sub: str, rg: str, nsg: str) -> list[dict[str, Any]]:
         record = self.require(self.rid(sub, rg, NS, "networkSecurityGroups", nsg))
-        return Reply(200, {"value": record["body"]["properties"]["defaultSecurityRules"]})
+        return record["body"]["properties"]["defaultSecurityRules"]
 
     # -- public IP addresses ---------------------------------------------------------------------
-    def put_pip(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_pip(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Written:
         rid, existing, location, tags = self.prepare_put(sub, rg, NS, "publicIPAddresses", name, body)
         props = dict(_props(body))
         sku = (body.get("sku") or {}).get("name") or "Standard"
@@ -646,7 +646,7 @@ class NetworkBackend(Base):
         raise BadRequest(f"Subnet {subnet['name']} with address prefix {net} does not have enough capacity for 1 "
                          "IP address.", code="SubnetIsFull")
 
-    def put_nic(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_nic(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Written:
         rid, existing, location, tags = self.prepare_put(sub, rg, NS, "networkInterfaces", name, body)
         props = dict(_props(body))
         configs = props.get("ipConfigurations") or []

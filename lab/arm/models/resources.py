@@ -9,7 +9,8 @@ from typing import Any
 from ..exceptions import ArmError, BadRequest
 from ..ids import parse_id, rg_id
 from . import regions
-from .base import Base, Reply, now_iso, tags_of
+from .base import Base, now_iso, tags_of
+from .outcomes import Deletion, Written
 
 _RG_NAME = re.compile(r"^[-\w._()]{1,90}$")
 
@@ -19,7 +20,7 @@ class ResourcesBackend(Base):
     def rg_body(self, group: dict[str, Any]) -> dict[str, Any]:
         return group["body"]
 
-    def put_rg(self, sub: str, rg: str, body: dict[str, Any]) -> Reply:
+    def put_rg(self, sub: str, rg: str, body: dict[str, Any]) -> Written:
         self.check_sub(sub)
         if not _RG_NAME.match(rg) or rg.endswith("."):
             raise ArmError(f"Resource group name '{rg}' is invalid: up to 90 letters, digits, '_', '-', '.', "
@@ -40,7 +41,7 @@ class ResourcesBackend(Base):
             if "managedBy" in body:
                 current["managedBy"] = body["managedBy"]
             self.store.touch()
-            return Reply(200, current)
+            return Written(current, created=False)
         entry = self.store.subscription(sub, create=True)
         rgbody = {"id": rg_id(self.config.subscription_id, rg), "name": rg,
                   "type": "Microsoft.Resources/resourceGroups", "location": location, "tags": tags,
@@ -49,42 +50,42 @@ class ResourcesBackend(Base):
             rgbody["managedBy"] = body["managedBy"]
         entry["resourceGroups"][rg.lower()] = {"body": rgbody, "resources": {}, "lab": {"created": time.time()}}
         self.store.touch()
-        return Reply(201, rgbody)
+        return Written(rgbody, created=True)
 
-    def get_rg(self, sub: str, rg: str) -> Reply:
-        return Reply(200, self.require_rg(sub, rg)["body"])
+    def get_rg(self, sub: str, rg: str) -> dict[str, Any]:
+        return self.require_rg(sub, rg)["body"]
 
-    def head_rg(self, sub: str, rg: str) -> Reply:
+    def rg_exists(self, sub: str, rg: str) -> bool:
         self.check_sub(sub)
-        return Reply(204 if self.store.resource_group(sub, rg) else 404)
+        return self.store.resource_group(sub, rg) is not None
 
-    def patch_rg(self, sub: str, rg: str, body: dict[str, Any]) -> Reply:
+    def patch_rg(self, sub: str, rg: str, body: dict[str, Any]) -> dict[str, Any]:
         group = self.writable_rg(sub, rg)
         if "tags" in body:
             group["body"]["tags"] = tags_of(body)
         self.store.touch()
-        return Reply(200, group["body"])
+        return group["body"]
 
-    def list_rgs(self, sub: str, filter_: str | None, top: str | None) -> Reply:
+    def list_rgs(self, sub: str, filter_: str | None, top: str | None) -> list[dict[str, Any]]:
         self.check_sub(sub)
         match = parse_filter(filter_)
         items = [g["body"] for g in self.store.resource_groups(sub).values()
                  if match(g["body"], g["body"]["name"])]
-        return Reply(200, {"value": _top(items, top)})
+        return _top(items, top)
 
-    def delete_rg(self, sub: str, rg: str) -> Reply:
+    def delete_rg(self, sub: str, rg: str) -> Deletion:
         group = self.require_rg(sub, rg)
         body = group["body"]
         if body["properties"]["provisioningState"] == "Deleting":
             op = self.store.operations.get(group["lab"].get("op", ""))
             if op and op["status"] == "InProgress":
-                return Reply(202, op=op, lro="location")
+                return Deletion(existed=True, operation=op)
         body["properties"]["provisioningState"] = "Deleting"
         op = self.start_op("Microsoft.Resources/subscriptions/resourceGroups/delete", body["id"], "rg_delete",
                            namespace="Microsoft.Resources", location=body["location"])
         group["lab"]["op"] = op["id"]
         self.store.touch()
-        return Reply(202, op=op, lro="location")
+        return Deletion(existed=True, operation=op)
 
     def _complete_rg_delete(self, op: dict[str, Any]) -> None:
         sub, rg = _sub_rg(op["resourceId"])
@@ -125,7 +126,7 @@ class ResourcesBackend(Base):
 
     # -- generic resources -------------------------------------------------------------------
     def list_resources(self, sub: str, rg: str | None, filter_: str | None, expand: str | None,
-                       top: str | None) -> Reply:
+                       top: str | None) -> list[dict[str, Any]]:
         if rg:
             self.require_rg(sub, rg)
         else:
@@ -147,7 +148,7 @@ class ResourcesBackend(Base):
             if "provisioningstate" in expands:
                 item["provisioningState"] = body.get("properties", {}).get("provisioningState", "Succeeded")
             items.append(item)
-        return Reply(200, {"value": _top(items, top)})
+        return _top(items, top)
 
     # -- tags at a scope ---------------------------------------------------------------------
     def _scope_body(self, scope: str) -> dict[str, Any]:
@@ -161,20 +162,21 @@ class ResourcesBackend(Base):
         raise BadRequest(f"Tags at scope '{scope}' are not supported by the lab (resource groups and "
                          "top-level resources are).", code="InvalidScope")
 
-    def _tags_reply(self, scope: str, tags: dict[str, str]) -> Reply:
-        return Reply(200, {"id": f"{scope.rstrip('/')}/providers/Microsoft.Resources/tags/default",
-                           "name": "default", "type": "Microsoft.Resources/tags", "properties": {"tags": tags}})
+    @staticmethod
+    def _tags_resource(scope: str, tags: dict[str, str]) -> dict[str, Any]:
+        return {"id": f"{scope.rstrip('/')}/providers/Microsoft.Resources/tags/default",
+                "name": "default", "type": "Microsoft.Resources/tags", "properties": {"tags": tags}}
 
-    def get_tags(self, scope: str) -> Reply:
-        return self._tags_reply(scope, self._scope_body(scope).get("tags") or {})
+    def get_tags(self, scope: str) -> dict[str, Any]:
+        return self._tags_resource(scope, self._scope_body(scope).get("tags") or {})
 
-    def put_tags(self, scope: str, body: dict[str, Any]) -> Reply:
+    def put_tags(self, scope: str, body: dict[str, Any]) -> dict[str, Any]:
         target = self._scope_body(scope)
         target["tags"] = tags_of(body.get("properties") or {})
         self.store.touch()
-        return self._tags_reply(scope, target["tags"])
+        return self._tags_resource(scope, target["tags"])
 
-    def patch_tags(self, scope: str, body: dict[str, Any]) -> Reply:
+    def patch_tags(self, scope: str, body: dict[str, Any]) -> dict[str, Any]:
         target = self._scope_body(scope)
         new = tags_of(body.get("properties") or {})
         operation = str(body.get("operation", "Merge")).lower()
@@ -191,13 +193,12 @@ class ResourcesBackend(Base):
             raise BadRequest(f"Unknown tag patch operation '{body.get('operation')}'.", code="InvalidRequestContent")
         target["tags"] = tags
         self.store.touch()
-        return self._tags_reply(scope, tags)
+        return self._tags_resource(scope, tags)
 
-    def delete_tags(self, scope: str) -> Reply:
+    def delete_tags(self, scope: str) -> None:
         target = self._scope_body(scope)
         target["tags"] = {}
         self.store.touch()
-        return Reply(200)
 
 
 DELETE_ORDER = {

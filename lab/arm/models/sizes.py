@@ -1,8 +1,11 @@
-"""VM sizes offered in every lab region (figures as Azure publishes them)."""
+"""VM sizes offered in every lab region (figures as Azure publishes them), and their listing."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from . import regions
+from .base import Base
 
 # name, cores, memoryInMB, maxDataDiskCount, resourceDiskSizeInMB, max NICs
 SIZES: tuple[tuple[str, int, int, int, int, int], ...] = (
@@ -36,3 +39,10 @@ def listing() -> list[dict[str, Any]]:
 
 def find(name: str | None) -> tuple[str, int, int, int, int, int] | None:
     return BY_NAME.get((name or "").lower())
+
+
+class SizesBackend(Base):
+    def vm_sizes(self, sub: str, location: str) -> list[dict[str, Any]]:
+        self.check_sub(sub)
+        regions.check(location, "locations/vmSizes")
+        return listing()

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..exceptions import ArmError, BadRequest
 from ..ids import parse_id
-from .base import Base, Reply, now_iso
+from .base import Base, now_iso
+from .outcomes import Deletion, Written
 
 NS = "Microsoft.Storage"
 SKUS = ("Standard_LRS", "Standard_GRS", "Standard_RAGRS", "Standard_ZRS", "Premium_LRS", "Premium_ZRS",
@@ -38,20 +39,19 @@ class StorageBackend(Base):
         blob = (self.config.blob_endpoint or "").rstrip("/") + "/"
         return {"blob": blob}
 
-    def check_name_availability(self, sub: str, body: dict[str, Any]) -> Reply:
+    def check_name_availability(self, sub: str, body: dict[str, Any]) -> dict[str, Any]:
         self.check_sub(sub)
         name = str(body.get("name", ""))
         if not _NAME.match(name):
-            return Reply(200, {"nameAvailable": False, "reason": "AccountNameInvalid",
-                               "message": f"{name} is not a valid storage account name. Storage account name must "
-                                          "be between 3 and 24 characters in length and use numbers and "
-                                          "lower-case letters only."})
+            return {"nameAvailable": False, "reason": "AccountNameInvalid",
+                    "message": f"{name} is not a valid storage account name. Storage account name must be between 3 "
+                               "and 24 characters in length and use numbers and lower-case letters only."}
         if any(parse_id(r["body"]["id"]).name.lower() == name for r in self._accounts(sub)):
-            return Reply(200, {"nameAvailable": False, "reason": "AlreadyExists",
-                               "message": f"The storage account named {name} is already taken."})
-        return Reply(200, {"nameAvailable": True})
+            return {"nameAvailable": False, "reason": "AlreadyExists",
+                    "message": f"The storage account named {name} is already taken."}
+        return {"nameAvailable": True}
 
-    def put_account(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
+    def put_account(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Written:
         if not _NAME.match(name):
             raise BadRequest(f"{name} is not a valid storage account name. Storage account name must be between 3 "
                              "and 24 characters in length and use numbers and lower-case letters only.",
@@ -74,7 +74,7 @@ class StorageBackend(Base):
             existing["body"].update({"tags": tags, "sku": {"name": sku, "tier": sku.split("_")[0]}})
             existing["body"]["properties"].update({k: v for k, v in props.items() if k not in _COMPUTED})
             self.save(existing)
-            return Reply(200, existing["body"])
+            return Written(existing["body"], created=False)
         for key in _COMPUTED:
             props.pop(key, None)
         props.setdefault("supportsHttpsTrafficOnly", True)
@@ -92,7 +92,7 @@ class StorageBackend(Base):
         op = self.start_op(f"{NS}/storageAccounts/write", str(rid), "storage_create", namespace=NS,
                            location=location, record=record)
         self.save(record)
-        return Reply(202, op=op, lro="location")
+        return Written(record["body"], created=True, operation=op)
 
     def _complete_storage_create(self, op: dict[str, Any]) -> dict[str, Any] | None:
         record = self.get(op["resourceId"])
@@ -107,18 +107,18 @@ class StorageBackend(Base):
         if self.get(op["resourceId"]):
             self.remove(op["resourceId"])
 
-    def get_account(self, sub: str, rg: str, name: str) -> Reply:
-        return Reply(200, self.require(self.rid(sub, rg, NS, "storageAccounts", name))["body"])
+    def get_account(self, sub: str, rg: str, name: str) -> dict[str, Any]:
+        return self.require(self.rid(sub, rg, NS, "storageAccounts", name))["body"]
 
-    def list_accounts(self, sub: str, rg: str | None) -> Reply:
+    def list_accounts(self, sub: str, rg: str | None) -> list[dict[str, Any]]:
         if rg:
             self.require_rg(sub, rg)
         else:
             self.check_sub(sub)
-        return Reply(200, {"value": [r["body"] for r in self._accounts(sub)
-                                     if not rg or parse_id(r["body"]["id"]).resource_group.lower() == rg.lower()]})
+        return [r["body"] for r in self._accounts(sub)
+                if not rg or parse_id(r["body"]["id"]).resource_group.lower() == rg.lower()]
 
-    def patch_account(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> Reply:
+    def patch_account(self, sub: str, rg: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         self.writable_rg(sub, rg)
         record = self.require(self.rid(sub, rg, NS, "storageAccounts", name))
         if "tags" in body:
@@ -126,18 +126,18 @@ class StorageBackend(Base):
         props = body.get("properties") or {}
         record["body"]["properties"].update({k: v for k, v in props.items() if k not in _COMPUTED})
         self.save(record)
-        return Reply(200, record["body"])
+        return record["body"]
 
-    def delete_account(self, sub: str, rg: str, name: str) -> Reply:
+    def delete_account(self, sub: str, rg: str, name: str) -> Deletion:
         self.writable_rg(sub, rg)
         record = self.get(self.rid(sub, rg, NS, "storageAccounts", name))
         if record is None:
-            return Reply(204)
+            return Deletion(existed=False)
         self.busy(record)
         self.remove(record["body"]["id"])
-        return Reply(200)
+        return Deletion(existed=True)
 
-    def list_keys(self, sub: str, rg: str, name: str) -> Reply:
+    def list_keys(self, sub: str, rg: str, name: str) -> list[dict[str, Any]]:
         record = self.require(self.rid(sub, rg, NS, "storageAccounts", name))
         if record["body"]["properties"]["provisioningState"] != "Succeeded":
             raise ArmError(f"The storage account {name} is not ready yet.", code="StorageAccountIsNotProvisioned",
@@ -146,7 +146,7 @@ class StorageBackend(Base):
         # Azurite knows one key per account; both ARM keys are that key.
         keys = [{"keyName": k, "value": self.config.blob_key or "", "permissions": "FULL", "creationTime": created}
                 for k in ("key1", "key2")]
-        return Reply(200, {"keys": keys})
+        return keys
 
 
 _COMPUTED = ("provisioningState", "primaryEndpoints", "primaryLocation", "statusOfPrimary", "creationTime",
