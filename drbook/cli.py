@@ -330,15 +330,13 @@ def result_table(title: str, results: list[dict]) -> None:
     ], ["machine", "vm", "ip", "point", "consistency", "RPO", "RTO", "verified"])
 
 
-def main() -> None:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
+def run_cli(command: typer.Typer, errors: Console) -> None:
+    """Run a Typer app with drbook's exit-code contract: a DRError is one line on stderr and
+    its exit_code; usage errors are click's (2); Ctrl-C is 130. The lab's CLI uses it too."""
     try:
-        # Short CLI runs do not need heartbeats (1 s per run joining the thread; DESIGN.md §6).
-        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            app(standalone_mode=False)
+        command(standalone_mode=False)
     except DRError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}")
         raise SystemExit(exc.exit_code) from None
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
@@ -347,6 +345,14 @@ def main() -> None:
         raise SystemExit(exc.exit_code) from None
     except click.exceptions.Abort:
         raise SystemExit(130) from None
+
+
+def main() -> None:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    # Short CLI runs do not need heartbeats (1 s per run joining the thread; DESIGN.md §6).
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        run_cli(app, console)
 
 
 if __name__ == "__main__":

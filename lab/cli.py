@@ -17,12 +17,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from drbook.errors import DRError
+from drbook.cli import run_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="drbook's lab: real services on this machine standing in for the outside world.")
@@ -106,18 +105,7 @@ def print_status(status: dict) -> None:
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except DRError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
-    except click.ClickException as exc:
-        exc.show()
-        raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(130) from None
+    run_cli(app, console)
 
 
 if __name__ == "__main__":
