@@ -122,9 +122,33 @@ class PolicyConfig(Policy):
     model_config = ConfigDict(extra="forbid")
 
 
+class CycleConfig(_Strict):
+    """Knobs of a replication cycle on a process server (docs/benchmarks.md says why these
+    defaults). drbook.replication.cycle.CycleSettings is this plus what the engine derives."""
+
+    block_size: int = Field(64 * 1024, gt=0, description="bytes per hashed block (a change resyncs every disk)")
+    sub_block_size: int = Field(4096, ge=0, description="bytes per sub-block of a changed block; 0 = whole blocks")
+    sub_hash_len: int = Field(8, gt=0, le=32, description="bytes kept of each sub-block's SHA-256")
+    segment_bytes: int = Field(32 * 1024 * 1024, gt=0, description="raw bytes per cache segment")
+    upload_workers: int = Field(2, gt=0, description="parallel segment uploads (and direct applies)")
+    page_workers: int = Field(8, gt=0, description="parallel page writes to a replica blob")
+    read_buffer: int = Field(4 * 1024 * 1024, gt=0, description="the agent's read size")
+    agent_threads: int = Field(2, gt=0, description="the agent's hashing threads")
+    bridge_gap: int = Field(64 * 1024, ge=0, description="unchanged bytes the agent sends to join two changed "
+                                                         "extents into one page write")
+    hook_timeout: float = Field(120, gt=0, description="seconds a freeze or thaw hook may take")
+    max_freeze: float = Field(900, gt=0, description="seconds a source may stay frozen before the agent thaws it")
+    barrier_timeout: float = Field(120, gt=0, description="seconds a group waits for every member to freeze")
+    idle_timeout: float = Field(300, gt=0, description="seconds of agent silence before it is killed")
+    spool_dir: str | None = Field(None, description="local directory for the running cycle's segments; "
+                                                    "None = the system temp directory")
+
+
 class ProcessServerConfig(_Strict):
     name: str
     work_queue: str = "default"
+    cycle: CycleConfig = Field(CycleConfig(), description="replication cycle settings; the engine of every "
+                                                          "process takes those of the site's first process server")
 
 
 class SiteConfig(_Strict):

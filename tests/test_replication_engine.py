@@ -19,7 +19,7 @@ from tests.blob_fixtures import AzuriteInfo, azurite, azurite_blob  # noqa: F401
 from drbook.agent import agent as agent_mod
 from drbook.config import AzureConfig, ContainerNames, DiskConfig, MachineConfig, SiteConfig
 from drbook.errors import DRError, PreflightError, ReplicationError
-from drbook.models import ItemState, Policy, ProtectedItem, RecoveryPoint
+from drbook.models import ItemState, Policy, ProtectedItem, RecoveryPoint, ReplicationGroup
 from drbook.replication import vhd
 from drbook.replication.blobs import Replicas
 from drbook.replication.cycle import CycleSettings
@@ -428,6 +428,23 @@ def test_verify_point_reports_a_corrupted_snapshot_block(env: Env):
     store.put_manifest("db01", point.id, "disk0", bad)
     report = env.engine.verify_point("db01", point.id)
     assert not report.ok and report.disks[0].bad_blocks == [5] and "disk0" in report.summary()
+
+
+def test_enable_refuses_a_machine_in_another_group_before_touching_anything(env: Env):
+    m = env.add_machine("db01", {"disk0": MIB})
+    env.vault.save_item(ProtectedItem(name="db01", machine="db01", group="app"))  # e.g. pushed, enabled before
+    before = env.vault.item("db01")
+    with pytest.raises(PreflightError, match=r"db01 is already in replication group 'app', so it cannot join 'db'"):
+        env.engine.enable_replication(m.cfg, Policy(), group="db")
+    assert env.vault.item("db01") == before and env.vault.find("groups/db.json", ReplicationGroup) is None
+    assert PointStore(env.vault).points("db01") == [] and env.cache_names() == []
+    assert list(env.service.get_container_client(env.site.azure.containers.replicas).list_blob_names()) == []
+    # A membership known only from the group's document counts too.
+    n = env.add_machine("db02", {"disk0": MIB})
+    env.vault.put("groups/app.json", ReplicationGroup(name="app", members=["db02"]), create_only=True)
+    with pytest.raises(PreflightError, match="db02 is already in replication group 'app'"):
+        env.engine.enable_replication(n.cfg, Policy(), group="db")
+    assert env.vault.find_item("db02") is None
 
 
 def test_cycles_refuse_items_that_do_not_replicate(env: Env):

@@ -392,3 +392,91 @@ def test_a_full_spool_is_a_replication_error_naming_it(tmp_path):
     spool.file = open("/dev/full", "wb")  # every write fails with ENOSPC
     with pytest.raises(ReplicationError, match=rf"spool in {tmp_path} could not take segment 3 .*No space left"):
         spool.put(3, b"x" * 100_000)
+    with pytest.raises(ReplicationError, match=r"process_servers\[0\]\.cycle\.spool_dir"):
+        spool.put(4, b"x" * 100_000)
+
+
+# -- verifying a disk against its manifest -----------------------------------------------------
+
+
+def _fixed_vhd(disk: bytes, data_size: int | None = None) -> bytearray:
+    data_size = data_size or vhd.replica_size(len(disk))
+    return bytearray(disk.ljust(data_size, b"\0") + vhd.build_footer(data_size))
+
+
+def _check(blob: bytearray, manifest: Manifest, **kwargs):
+    from drbook.replication.verify import check_against_manifest
+
+    return check_against_manifest(lambda offset, length: bytes(blob[offset:offset + length]), len(blob), manifest, **kwargs)
+
+
+def test_the_verifier_names_bad_blocks_footer_and_padding():
+    disk = os.urandom(3 * 64 * 1024 + 1000)  # a short last block, padding up to 1 MiB
+    manifest = Manifest.of(disk, 64 * 1024)
+    seen = []
+    good = _check(_fixed_vhd(disk), manifest, progress=seen.append)
+    assert good.ok and good.blocks == 4 and good.bytes_verified == len(disk) == sum(seen)
+
+    flipped = _fixed_vhd(disk)
+    flipped[2 * 64 * 1024 + 7] ^= 0xFF
+    assert _check(flipped, manifest).bad_blocks == [2]
+
+    dirty_tail = _fixed_vhd(disk)
+    dirty_tail[len(disk) + 10] = 1
+    check = _check(dirty_tail, manifest)
+    assert not check.ok and not check.tail_ok and check.footer_ok and check.bad_blocks == []
+
+    no_footer = _fixed_vhd(disk)
+    no_footer[-512:-504] = b"notavhd!"
+    check = _check(no_footer, manifest)
+    assert not check.ok and not check.footer_ok and "cookie" in check.footer_error
+
+    grown = _fixed_vhd(disk, data_size=4 * vhd.MIB)  # a managed disk grown after its import
+    assert not _check(grown, manifest).footer_ok
+    assert _check(grown, manifest, exact_size=False).ok
+
+    too_small = _check(_fixed_vhd(disk[:64 * 1024]), Manifest.of(disk + bytes(vhd.MIB), 64 * 1024))
+    assert not too_small.ok and not too_small.footer_ok and too_small.bytes_verified == 0  # nothing read past the end
+
+
+# -- cycle settings from the site config -------------------------------------------------------
+
+SITE_YAML = """
+site: test
+azure:
+  subscription_id: "00000000-0000-0000-0000-000000000000"
+  resource_group: rg
+  location: westeurope
+  storage_account: acct
+  blob_endpoint: https://acct.blob.core.windows.net
+  encryption_key: env:UNUSED_IN_TESTS
+"""
+
+
+def test_cycle_settings_come_from_the_first_process_server(tmp_path):
+    from drbook.config import load_site
+    from drbook.errors import ConfigError
+    from drbook.replication.cycle import CycleSettings
+
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE_YAML)
+    assert CycleSettings.from_site(load_site(path)) == CycleSettings()
+
+    path.write_text(SITE_YAML + """
+process_servers:
+  - name: local
+    cycle:
+      spool_dir: /var/spool/drbook
+      bridge_gap: 0
+      page_workers: 16
+  - name: other
+    work_queue: other
+""")
+    settings = CycleSettings.from_site(load_site(path))
+    assert (settings.spool_dir, settings.bridge_gap, settings.page_workers) == ("/var/spool/drbook", 0, 16)
+    assert settings.block_size == CycleSettings().block_size and settings.layout.sub_on
+
+    path.write_text(SITE_YAML + "process_servers: [{name: local, cycle: {spool: /tmp, page_workers: 0}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_site(path)
+    assert "process_servers.0.cycle.spool" in str(err.value) and "process_servers.0.cycle.page_workers" in str(err.value)

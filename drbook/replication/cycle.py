@@ -1,7 +1,7 @@
 """One replication cycle's moving parts: receiving the agent's stream into segments and a
 new manifest, the commit marker, and turning segments into page writes.
 
-The engine (drbook.replication.engine) wires these to blobs and the vault.
+drbook.replication.staging and .apply wire these to blobs and the vault.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+from drbook.config import CycleConfig, SiteConfig
 from drbook.errors import ProtocolError, ReplicationError
 from drbook.models import ProtectedDisk
 from drbook.replication import protocol as p
@@ -29,24 +30,16 @@ SNAPSHOTS = "SNAPSHOTS"
 Progress = Callable[[int, int], None]
 
 
-class CycleSettings(BaseModel):
-    """Knobs of a cycle (docs/benchmarks.md says why these defaults)."""
+class CycleSettings(CycleConfig):
+    """A cycle's knobs: the site config's `cycle` of a process server (CycleConfig), plus
+    what is derived from them."""
 
-    block_size: int = 64 * 1024
-    sub_block_size: int = 4096
-    sub_hash_len: int = 8
-    segment_bytes: int = 32 * 1024 * 1024
-    upload_workers: int = 2
-    page_workers: int = 8
-    read_buffer: int = 4 * 1024 * 1024
-    agent_threads: int = 2
-    # Unchanged bytes the agent sends to join two changed extents into one page write.
-    bridge_gap: int = 64 * 1024
-    hook_timeout: float = 120
-    max_freeze: float = 900
-    barrier_timeout: float = 120
-    idle_timeout: float = 300
-    spool_dir: str | None = None
+    @classmethod
+    def from_site(cls, site: SiteConfig) -> "CycleSettings":
+        """The `cycle` of the site's first process server (each process of the site takes
+        those); the defaults when the site lists none."""
+        servers = site.process_servers
+        return cls.model_validate(servers[0].cycle.model_dump()) if servers else cls()
 
     @property
     def layout(self) -> Layout:
@@ -135,8 +128,8 @@ class Spool:
             except OSError as exc:
                 where = self.directory or tempfile.gettempdir()
                 raise ReplicationError(f"the process server's spool in {where} could not take segment {seq} "
-                                       f"({len(raw)} bytes): {exc.strerror or exc}; free space there or set "
-                                       "CycleSettings.spool_dir") from None
+                                       f"({len(raw)} bytes): {exc.strerror or exc}; free space there, or point the site "
+                                       "config's process_servers[0].cycle.spool_dir at another directory") from None
 
     def get(self, seq: int) -> bytes:
         with self.lock:
