@@ -30,7 +30,6 @@ from drbook.errors import (
     AuthenticationError,
     CommandFailed,
     ConfigError,
-    ConflictError,
     ConnectError,
     HostKeyError,
     PreflightError,
@@ -39,7 +38,6 @@ from drbook.errors import (
 )
 from drbook.models import AuditEntry, ProtectedItem, utcnow
 from drbook.templating import render
-from drbook.vault import item_key
 
 DEFAULT_AGENT = Path(__file__).resolve().parent / "agent" / "agent.py"
 MIN_PYTHON = (3, 6)
@@ -407,18 +405,10 @@ def register(vault, machine: MachineConfig, result: PushResult, *, flow_run_id: 
         item.agent_sha256 = result.sha256
         item.updated = utcnow()
 
-    item = vault.find_item(name)
-    if item is None:
-        item = ProtectedItem(
-            name=name, machine=name, vm_name=machine.vm_name, os=machine.os,
-            agent_version=result.version, agent_sha256=result.sha256,
-        )
-        try:
-            vault.save_item(item)
-        except ConflictError:  # another writer created it meanwhile: update that one instead
-            item = vault.update(item_key(name), ProtectedItem, apply)
-    else:
-        item = vault.update(item_key(name), ProtectedItem, apply)
+    item = vault.upsert_item(name, lambda: ProtectedItem(
+        name=name, machine=name, vm_name=machine.vm_name, os=machine.os,
+        agent_version=result.version, agent_sha256=result.sha256,
+    ), apply)
     vault.audit(
         AuditEntry(
             actor=getattr(vault, "actor", "drbook"),

@@ -396,6 +396,19 @@ class Vault:
     def items(self) -> builtins.list[ProtectedItem]:
         return self.list(ITEMS_PREFIX, ProtectedItem)
 
+    def upsert_item(self, name: str, create: Callable[[], ProtectedItem],
+                    change: Callable[[ProtectedItem], ProtectedItem | None]) -> ProtectedItem:
+        """Create the item when it is missing, else apply `change` under the ETag (as
+        `update`). A create that loses a race to another writer changes what that writer made."""
+        if self.find_item(name) is None:
+            item = create()
+            try:
+                self.put(item_key(name), item, create_only=True)
+                return item
+            except ConflictError:
+                pass
+        return self.update(item_key(name), ProtectedItem, change)
+
     def save_item(self, item: ProtectedItem) -> None:
         """Register a new protected item. Saving again is allowed while it is still unprotected
         (registration is idempotent); once replication began, changes go through `update` /

@@ -8,6 +8,7 @@ from prefect.artifacts import create_table_artifact
 
 from drbook.models import utcnow
 from drbook.progress import tracked
+from drbook.replication.enable import refuse_other_group
 from drbook.replication.events import emit_rpo_event
 from drbook.replication.rpo import decide_rpo
 from drbook.replication.selection import select_for_replication
@@ -45,6 +46,8 @@ def enable_replication_flow(machines: list[str], policy: str = "default", group:
                             site_path: str | None = None) -> list[dict]:
     site = open_site(site_path)
     sp = str(site.path)
+    for m in machines:  # every machine is checked before any initial copy starts
+        refuse_other_group(site.vault, m, group)
     site.engine.ensure_containers()
     rows = [enable_one(sp, m, policy, group) for m in machines]
     create_table_artifact(rows, key="enable-replication", description="initial copy per machine")

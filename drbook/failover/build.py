@@ -5,7 +5,6 @@ rollback or a later `reconcile` can find and remove all of it."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 from urllib.parse import quote
 from typing import Callable, Literal
@@ -22,13 +21,12 @@ from drbook.failover.network import NicPlan
 from drbook.failover.prepare import imports_container
 from drbook.models import PointDisk, RecoveryPoint
 from drbook.replication.manifest import Manifest
+from drbook.replication.verify import check_against_manifest
 
 TAG_ITEM = "drbook-item"
 TAG_RUN = "drbook-run"
 TAG_PURPOSE = "drbook-purpose"
 TAG_SITE = "drbook-site"
-VHD_FOOTER = 512
-READ_CHUNK = 4 * 1024 * 1024
 
 
 class DiskPlan(BaseModel):
@@ -148,10 +146,12 @@ class DiskVerification(BaseModel):
     bytes_verified: int
     mismatched_blocks: list[int] = []
     footer_ok: bool = True
+    footer_error: str | None = None
+    tail_ok: bool = True
 
     @property
     def ok(self) -> bool:
-        return not self.mismatched_blocks and self.footer_ok
+        return not self.mismatched_blocks and self.footer_ok and self.tail_ok
 
 
 def verify_disk(site: SiteConfig, azure: RecoverySite, plan: MachinePlan, disk: DiskPlan, manifest: Manifest,
@@ -161,19 +161,16 @@ def verify_disk(site: SiteConfig, azure: RecoverySite, plan: MachinePlan, disk: 
     pd = disk.point_disk
     sas_url = azure.grant_disk_access(plan.resource_group, disk.name, duration_s=3600)
     try:
-        from drbook.replication.verify import check_against_manifest
-
         reader = BlobClient.from_blob_url(sas_url, connection_verify=str(site.azure.ca_bundle) if site.azure.ca_bundle else True)
         with map_blob_errors():
             # exact_size=False: the managed disk may have been grown since its import.
             check = check_against_manifest(lambda offset, length: reader.download_blob(offset=offset, length=length).readall(),
                                            reader.get_blob_properties().size, manifest, progress=progress, exact_size=False)
-        mismatched = check.bad_blocks
-        footer_ok = check.footer_ok and check.tail_ok  # DiskVerification has no field of its own for the padding
     finally:
         azure.revoke_disk_access(plan.resource_group, disk.name)
     return DiskVerification(disk=disk.disk, managed_disk=disk.name, blocks=manifest.blocks, bytes_verified=pd.size_bytes,
-                            mismatched_blocks=mismatched, footer_ok=footer_ok)
+                            mismatched_blocks=check.bad_blocks, footer_ok=check.footer_ok, footer_error=check.footer_error,
+                            tail_ok=check.tail_ok)
 
 
 def require_verified(results: list[DiskVerification], machine: str) -> None:
@@ -181,7 +178,8 @@ def require_verified(results: list[DiskVerification], machine: str) -> None:
     if bad:
         detail = "; ".join(
             f"{r.disk}: {len(r.mismatched_blocks)} blocks differ (first {r.mismatched_blocks[:5]})"
-            + ("" if r.footer_ok else ", VHD footer invalid")
+            + ("" if r.footer_ok else f", VHD footer invalid ({r.footer_error or 'no footer'})")
+            + ("" if r.tail_ok else ", the padding to 1 MiB is not zero")
             for r in bad
         )
         raise VerificationError(f"{machine}: the disks in Azure do not match the recovery point: {detail}")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from drbook.adapters.shell import RemoteShell
 from drbook.config import MachineConfig
 from drbook.errors import DRError, ProtocolError, ReplicationError
+from drbook.mobility import agent_path
 from drbook.models import utcnow
 from drbook.replication import protocol as p
 from drbook.replication.consistency import Want, hooks_for
@@ -97,7 +98,8 @@ def _start_agent(run: ItemRun, want: Want, barrier: bool, settings: CycleSetting
                  shell_for: Callable[[MachineConfig], RemoteShell]) -> None:
     m = run.machine
     run.shell = shell_for(m)
-    command = f"{m.python} {shlex.quote(m.agent_dir.rstrip('/') + '/agent.py')} scan"
+    # python stays unquoted: a site may set it to a command line (e.g. "sudo -n python3").
+    command = f"{m.python} {shlex.quote(agent_path(m))} scan"
     run.proc = run.shell.open_process(command)
     request = scan_request(run, want, barrier, settings)
     try:

@@ -11,11 +11,7 @@ from drbook.config import MachineConfig
 from drbook.errors import ConflictError, NotFoundError, PreflightError
 from drbook.models import ItemState, Policy, ProtectedDisk, ProtectedItem, ReplicationGroup
 from drbook.replication.blobs import replica_blob_name
-from drbook.vault import Vault, item_key
-
-
-def group_key(group: str) -> str:
-    return f"groups/{group}.json"
+from drbook.vault import GROUPS_PREFIX, Vault, group_key
 
 
 def current_group(vault: Vault, machine: str) -> str | None:
@@ -23,7 +19,7 @@ def current_group(vault: Vault, machine: str) -> str | None:
     item = vault.find_item(machine)
     if item is not None and item.group:
         return item.group
-    return next((g.name for g in vault.list("groups/", ReplicationGroup) if machine in g.members), None)
+    return next((g.name for g in vault.list(GROUPS_PREFIX, ReplicationGroup) if machine in g.members), None)
 
 
 def refuse_other_group(vault: Vault, machine: str, group: str | None) -> None:
@@ -52,19 +48,18 @@ def register(vault: Vault, machine: MachineConfig, policy: Policy, group: str | 
              disks: list[ProtectedDisk]) -> ProtectedItem:
     """The machine's protected item: created if new; if unprotected, what the site config says
     now; else (replicating already) as it is, only given `group` if it had none."""
-    item = vault.find_item(machine.name)
-    if item is None:
-        item = ProtectedItem(name=machine.name, machine=machine.name, vm_name=machine.vm_name, os=machine.os,
-                             policy=policy, group=group, disks=disks)
-        vault.save_item(item)
-    elif item.state == ItemState.UNPROTECTED:
-        # Registered by the agent push (which knows no disks), or disabled before: what
-        # is protected now is what the site config says.
-        item = vault.update(item_key(machine.name), ProtectedItem, lambda i: i.model_copy(
-            update={"disks": disks, "policy": policy, "group": group, "vm_name": machine.vm_name}))
-    elif group is not None and item.group is None:
-        item = vault.update(item_key(machine.name), ProtectedItem, lambda i: i.model_copy(update={"group": group}))
-    return item
+    def change(item: ProtectedItem) -> ProtectedItem:
+        if item.state == ItemState.UNPROTECTED:
+            # Registered by the agent push (which knows no disks), or disabled before: what
+            # is protected now is what the site config says.
+            return item.model_copy(update={"disks": disks, "policy": policy, "group": group, "vm_name": machine.vm_name})
+        if group is not None and item.group is None:
+            return item.model_copy(update={"group": group})
+        return item
+
+    return vault.upsert_item(machine.name, lambda: ProtectedItem(
+        name=machine.name, machine=machine.name, vm_name=machine.vm_name, os=machine.os, policy=policy, group=group,
+        disks=disks), change)
 
 
 def join_group(vault: Vault, group: str, item: str) -> None:

@@ -46,7 +46,7 @@ from drbook.replication.staging import REPLICATING, ItemRun, abandon_run, prepar
 from drbook.replication.storage import CycleStorage
 from drbook.replication.store import PointStore
 from drbook.replication.verify import DiskVerify, VerifyReport, verify_point
-from drbook.vault import Vault
+from drbook.vault import Vault, group_key
 
 # Imported from here by tests, benchmarks and flows.
 __all__ = ["PHASES", "REPLICATING", "CycleSettings", "DiskVerify", "ReplicationEngine", "VerifyReport"]
@@ -109,7 +109,7 @@ class ReplicationEngine:
         """One cycle of every member (default: the members in groups/<group>.json), frozen
         at one barrier; the points share one id."""
         if items is None:
-            doc = self.vault.find(enable.group_key(group), ReplicationGroup)
+            doc = self.vault.find(group_key(group), ReplicationGroup)
             items = doc.members if doc else []
         if not items:
             raise PreflightError(f"group {group!r} has no members")

@@ -5,19 +5,7 @@ from __future__ import annotations
 from drbook.errors import ConflictError, NotFoundError
 from drbook.models import RecoveryPoint
 from drbook.replication.manifest import Manifest, SubMap
-from drbook.vault import Vault
-
-
-def point_key(item: str, point_id: str) -> str:
-    return f"points/{item}/{point_id}.json"
-
-
-def manifest_key(item: str, point_id: str, disk: str) -> str:
-    return f"manifests/{item}/{point_id}/{disk}.bin"
-
-
-def submap_key(item: str, point_id: str, disk: str) -> str:
-    return f"manifests/{item}/{point_id}/{disk}.sub"
+from drbook.vault import Vault, manifest_key, manifests_prefix, point_key, points_prefix, submap_key
 
 
 class PointStore:
@@ -26,7 +14,7 @@ class PointStore:
 
     def points(self, item: str) -> list[RecoveryPoint]:
         """Every recovery point of an item, oldest first."""
-        return sorted(self.vault.list(f"points/{item}/", RecoveryPoint), key=lambda p: (p.time, p.id))
+        return sorted(self.vault.list(points_prefix(item), RecoveryPoint), key=lambda p: (p.time, p.id))
 
     def find(self, item: str, point_id: str) -> RecoveryPoint | None:
         return self.vault.find(point_key(item, point_id), RecoveryPoint)
@@ -69,11 +57,11 @@ class PointStore:
 
     def drop_submaps(self, item: str, point_id: str) -> None:
         """Sub-block maps are needed only for the newest point; older ones go."""
-        for key in self.vault.keys(f"manifests/{item}/{point_id}/"):
+        for key in self.vault.keys(manifests_prefix(item, point_id)):
             if key.endswith(".sub"):
                 self.vault.delete(key)
 
     def delete(self, item: str, point_id: str) -> None:
         """The document first, so a crash never leaves a listed point without its manifest."""
         self.vault.delete(point_key(item, point_id))
-        self.vault.delete_prefix(f"manifests/{item}/{point_id}/")
+        self.vault.delete_prefix(manifests_prefix(item, point_id))

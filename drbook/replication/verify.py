@@ -20,7 +20,8 @@ from drbook.errors import DRError
 from drbook.replication import vhd
 from drbook.replication.blobs import Replicas
 from drbook.replication.manifest import Manifest
-from drbook.replication.store import PointStore, manifest_key
+from drbook.replication.store import PointStore
+from drbook.vault import manifest_key
 
 ReadRange = Callable[[int, int], bytes]
 """read(offset, length) -> exactly `length` bytes of the blob from `offset`."""
