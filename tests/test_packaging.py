@@ -60,8 +60,16 @@ def test_drbook_help_loads_no_module_of_the_lab():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    """Built from a copy of what pyproject.toml names (no build/ left over from an earlier
+    build can slip a deleted module in, and the checkout gets no build/ of its own)."""
+    import shutil
+
+    source = tmp_path_factory.mktemp("source")
+    shutil.copy(REPO / "pyproject.toml", source)
+    for folder in INSTALLED_AS:
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
                    check=True, capture_output=True, text=True)
     (found,) = out.glob("drbook-*.whl")
     return found

@@ -21,7 +21,7 @@ from drbook.failover.network import NicPlan
 from drbook.failover.prepare import imports_container
 from drbook.models import PointDisk, RecoveryPoint
 from drbook.replication.manifest import Manifest
-from drbook.replication.verify import check_against_manifest
+from drbook.replication.verify import ManifestCheck, check_against_manifest
 
 TAG_ITEM = "drbook-item"
 TAG_RUN = "drbook-run"
@@ -139,26 +139,17 @@ def import_disk(site: SiteConfig, azure: RecoverySite, blob_service, plan: Machi
 
 
 # -- verification ----------------------------------------------------------------------------
-class DiskVerification(BaseModel):
+class DiskVerification(ManifestCheck):
+    """A managed disk read back through a SAS, checked against its point's manifest."""
+
     disk: str
     managed_disk: str
-    blocks: int
-    bytes_verified: int
-    mismatched_blocks: list[int] = []
-    footer_ok: bool = True
-    footer_error: str | None = None
-    tail_ok: bool = True
-
-    @property
-    def ok(self) -> bool:
-        return not self.mismatched_blocks and self.footer_ok and self.tail_ok
 
 
 def verify_disk(site: SiteConfig, azure: RecoverySite, plan: MachinePlan, disk: DiskPlan, manifest: Manifest,
                 progress: Callable[[int], None] | None = None) -> DiskVerification:
     """Read the managed disk back through a grant-access SAS and compare every block's SHA-256
     with the recovery point's manifest. Access is revoked afterwards, also on failure."""
-    pd = disk.point_disk
     sas_url = azure.grant_disk_access(plan.resource_group, disk.name, duration_s=3600)
     try:
         reader = BlobClient.from_blob_url(sas_url, connection_verify=str(site.azure.ca_bundle) if site.azure.ca_bundle else True)
@@ -168,16 +159,14 @@ def verify_disk(site: SiteConfig, azure: RecoverySite, plan: MachinePlan, disk: 
                                            reader.get_blob_properties().size, manifest, progress=progress, exact_size=False)
     finally:
         azure.revoke_disk_access(plan.resource_group, disk.name)
-    return DiskVerification(disk=disk.disk, managed_disk=disk.name, blocks=manifest.blocks, bytes_verified=pd.size_bytes,
-                            mismatched_blocks=check.bad_blocks, footer_ok=check.footer_ok, footer_error=check.footer_error,
-                            tail_ok=check.tail_ok)
+    return DiskVerification(disk=disk.disk, managed_disk=disk.name, **check.model_dump())
 
 
 def require_verified(results: list[DiskVerification], machine: str) -> None:
     bad = [r for r in results if not r.ok]
     if bad:
         detail = "; ".join(
-            f"{r.disk}: {len(r.mismatched_blocks)} blocks differ (first {r.mismatched_blocks[:5]})"
+            f"{r.disk}: {len(r.bad_blocks)} blocks differ (first {r.bad_blocks[:5]})"
             + ("" if r.footer_ok else f", VHD footer invalid ({r.footer_error or 'no footer'})")
             + ("" if r.tail_ok else ", the padding to 1 MiB is not zero")
             for r in bad
