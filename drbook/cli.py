@@ -333,11 +333,16 @@ def result_table(title: str, results: list[dict]) -> None:
 def run_cli(command: typer.Typer, errors: Console) -> None:
     """Run a Typer app with drbook's exit-code contract: a DRError is one line on stderr and
     its exit_code; usage errors are click's (2); Ctrl-C is 130. The lab's CLI uses it too."""
+    from prefect.exceptions import ParameterTypeError
+
     try:
         command(standalone_mode=False)
     except DRError as exc:
         errors.print(f"[red]error:[/red] {exc}")
         raise SystemExit(exc.exit_code) from None
+    except ParameterTypeError as exc:  # a flow refused its parameters before running
+        errors.print(f"[red]error:[/red] invalid parameters: {' '.join(str(exc).split())}")
+        raise SystemExit(2) from None
     except click.exceptions.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except click.ClickException as exc:

@@ -29,6 +29,11 @@ def store_inventory(site_path: str, inventory: Inventory) -> InventoryDiff:
 
 @flow(name="discover", log_prints=True)
 def discover_flow(site_path: str | None = None) -> dict:
+    """Inventory of vCenter and the site's physical servers, with what changed since last time.
+
+    Args:
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     sp = str(site.path)
     inventory = read_inventory(sp)

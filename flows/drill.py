@@ -25,7 +25,16 @@ from drbook.tasks import replication as replication_tasks
 
 
 @flow(name="test-failover", log_prints=True)
-def drill_flow(machines: list[str], point: str = pointlib.LATEST_PROCESSED, site_path: str | None = None) -> dict:
+def drill_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LATEST_PROCESSED,
+               site_path: str | None = None) -> dict:
+    """Test failover: bring machines up from a recovery point in the isolated test network,
+    verify every block, write a report. `test-failover-cleanup` removes the drill.
+
+    Args:
+        machines: protected items to drill
+        point: latest (a final cycle first), latest-processed (the newest point), latest-app-consistent, or a point id
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     log = get_run_logger()
     site = open_site(site_path)
     sp = str(site.path)
@@ -83,6 +92,12 @@ def _artifact_key(drill_id: str) -> str:
 
 @flow(name="test-failover-cleanup", log_prints=True)
 def drill_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
+    """Delete everything a drill made, and prove nothing tagged with it is left.
+
+    Args:
+        drill_id: the drill (drill-...), as the drill's report names it
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     record = site.vault.get(drill_key(drill_id), DrillRecord)
     run_id = record.report.get("flow_run_id", "")

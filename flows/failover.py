@@ -43,8 +43,18 @@ class FailoverApproval(RunInput):
 
 
 @flow(name="failover", log_prints=True)
-def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bool = False,
+def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LATEST, planned: bool = False,
                   approval_timeout: int = 3600, site_path: str | None = None) -> dict:
+    """Fail over to Azure after a human approves: planned (shut the sources down first, no
+    data lost) or unplanned (the site is gone).
+
+    Args:
+        machines: protected items to fail over
+        point: latest (a final cycle first when the source answers), latest-processed, latest-app-consistent, or a point id
+        planned: stop the applications, take a last point and shut the sources down first
+        approval_timeout: seconds to wait for the approval; then nothing changes
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     log = get_run_logger()
     site = open_site(site_path)
     sp = str(site.path)
@@ -140,7 +150,13 @@ def failover_flow(machines: list[str], point: str = pointlib.LATEST, planned: bo
 
 @flow(name="commit", log_prints=True)
 def commit_flow(machines: list[str], dry_run: bool = False, site_path: str | None = None) -> dict:
-    """End a failover: the other recovery points go, the state becomes committed."""
+    """End a failover: the other recovery points go, the state becomes committed.
+
+    Args:
+        machines: failed-over items to commit
+        dry_run: only say which points would be deleted
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     run_id = current_run_id()
     require_committable(site, machines)

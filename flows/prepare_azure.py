@@ -25,6 +25,12 @@ def apply_site(site_path: str, steps: list[prepare.Step]) -> list[prepare.Step]:
 
 @flow(name="prepare-azure", log_prints=True)
 def prepare_azure_flow(dry_run: bool = False, site_path: str | None = None) -> dict:
+    """The recovery site: resource group, storage, production and isolated test networks (idempotent).
+
+    Args:
+        dry_run: only say what would be created or updated
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     sp = str(site.path)
     steps = plan_site(sp)

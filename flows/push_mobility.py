@@ -22,6 +22,13 @@ def push_one(site_path: str, machine: str, force: bool = False) -> dict:
 
 @flow(name="push-mobility", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)
 def push_mobility_flow(machines: list[str], force: bool = False, site_path: str | None = None) -> list[dict]:
+    """Install or upgrade the mobility agent on machines, verify it, register it in the vault.
+
+    Args:
+        machines: machine names from the site config
+        force: reinstall even when the same agent version is already there
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     sp = str(site.path)
     futures = {m: push_one.submit(sp, m, force) for m in machines}

@@ -28,6 +28,12 @@ def _run_states(run_ids: set[str]) -> dict[str, str | None]:
 
 @flow(name="reconcile", log_prints=True)
 def reconcile_flow(dry_run: bool = False, site_path: str | None = None) -> dict:
+    """Remove what crashed or failed runs of this site left in Azure (found by their tags).
+
+    Args:
+        dry_run: only say what would be removed
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     log = get_run_logger()
     site = open_site(site_path)
     runs = resources_by_run(resources_of_site(site.azure, site.cfg.site))

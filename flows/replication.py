@@ -3,9 +3,13 @@ or groups (with the RPO check after it), retention purge, and point verification
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from prefect import flow, get_run_logger, task
+from pydantic import Field
 from prefect.artifacts import create_table_artifact
 
+from drbook.failover.points import POINT_ID_PATTERN
 from drbook.models import utcnow
 from drbook.progress import tracked
 from drbook.replication.enable import refuse_other_group
@@ -44,6 +48,14 @@ def enable_one(site_path: str, machine: str, policy: str, group: str | None) -> 
 @flow(name="enable-replication", log_prints=True)
 def enable_replication_flow(machines: list[str], policy: str = "default", group: str | None = None,
                             site_path: str | None = None) -> list[dict]:
+    """Protect machines: push the agent if needed, then the initial copy of every disk.
+
+    Args:
+        machines: machine names from the site config
+        policy: replication policy name from the site config
+        group: replication group; its members share recovery points (one barrier)
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     sp = str(site.path)
     for m in machines:  # every machine is checked before any initial copy starts
@@ -85,12 +97,21 @@ def check_rpo(site_path: str, names: list[str]) -> list[dict]:
 
 
 @flow(name="replicate-cycle", log_prints=True)
-def replicate_flow(machines: list[str], group: str | None = None, all_items: bool = False, want: str = "crash",
-                   site_path: str | None = None) -> list[dict]:
+def replicate_flow(machines: list[str] | None = None, group: str | None = None, all_items: bool = False,
+                   want: Literal["crash", "app"] = "crash", site_path: str | None = None) -> list[dict]:
+    """One replication cycle: a recovery point for each item (one shared point per group).
+
+    Args:
+        machines: protected items to cycle (or name a group, or set all_items)
+        group: one replication group
+        all_items: every protected item
+        want: crash-consistent, or app-consistent (the quiesce hooks run)
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     sp = str(site.path)
     rows = []
-    for plan in select_for_replication(site.vault.items(), machines, group=group, all_items=all_items):
+    for plan in select_for_replication(site.vault.items(), machines or [], group=group, all_items=all_items):
         rows += cycle_task(sp, plan.members, plan.group, want)
     check_rpo(sp, [r["item"] for r in rows])
     create_table_artifact(rows, key="replicate-cycle", description="recovery points of this cycle")
@@ -99,6 +120,12 @@ def replicate_flow(machines: list[str], group: str | None = None, all_items: boo
 
 @flow(name="retention-purge", log_prints=True)
 def retention_flow(dry_run: bool = False, site_path: str | None = None) -> list[dict]:
+    """Purge the recovery points each item's policy no longer keeps.
+
+    Args:
+        dry_run: only say what would be purged
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     results = [site.engine.apply_retention(i.name, dry_run=dry_run).model_dump()
                for i in site.vault.items() if i.last_point_id]
@@ -110,7 +137,15 @@ def retention_flow(dry_run: bool = False, site_path: str | None = None) -> list[
 
 
 @flow(name="verify-point", log_prints=True)
-def verify_point_flow(machine: str, point: str, site_path: str | None = None) -> dict:
+def verify_point_flow(machine: str, point: Annotated[str, Field(pattern=POINT_ID_PATTERN)],
+                      site_path: str | None = None) -> dict:
+    """Re-read a recovery point's snapshots and check every block against its manifest.
+
+    Args:
+        machine: the protected item
+        point: the recovery point id (`drbook points MACHINE`)
+        site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
+    """
     site = open_site(site_path)
     with tracked(f"verify {machine} {point}", artifact_key="verify-point") as progress:
         report = site.engine.verify_point(machine, point, progress=progress)

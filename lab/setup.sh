@@ -33,9 +33,10 @@ stamp=.venv/.drbook-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ lab/pyproject.toml -nt "$stamp" ]; then
   say "installing drbook (editable) and its dependencies into .venv (pip)"
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+  # The build backend's warnings (editable install, package-dir mapping) go to a log; a failure shows it.
+  .venv/bin/pip install -q -e ".[dev]" > .venv/pip-install.log 2>&1 || { cat .venv/pip-install.log; exit 1; }
   say "installing the lab (lab/, its own package: drbook-lab) into .venv (pip, editable)"
-  .venv/bin/pip install -q --no-deps -e lab 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/pip install -q --no-deps -e lab >> .venv/pip-install.log 2>&1 || { cat .venv/pip-install.log; exit 1; }
   .venv/bin/python -c "import drbook, drbook.flows, drbook.tasks, lab.control, prefect, pyVmomi, azure.mgmt.compute"
   touch "$stamp"
 else

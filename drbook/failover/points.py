@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -13,6 +14,12 @@ LATEST = "latest"  # run a final cycle first when the source answers: lowest RPO
 LATEST_PROCESSED = "latest-processed"  # the newest existing point: lowest RTO
 LATEST_APP = "latest-app-consistent"
 KEYWORDS = (LATEST, LATEST_PROCESSED, LATEST_APP)
+POINT_ID_PATTERN = r"^pt-[0-9]{14}-[0-9a-f]{8}$"
+
+# A flow parameter: one of the keywords, or a point id. The Prefect UI draws it as a
+# choice between the list and a text box; a run with anything else is refused.
+PointKeyword = Literal["latest", "latest-processed", "latest-app-consistent"]
+PointChoice = PointKeyword | Annotated[str, Field(pattern=POINT_ID_PATTERN, title="recovery point id")]
 
 
 def needs_final_cycle(choice: str) -> bool:
