@@ -56,6 +56,7 @@ def _check_key(key: str) -> str:
 ITEMS_PREFIX = "items/"
 GROUPS_PREFIX = "groups/"
 AUDIT_PREFIX = "audit/"
+DRILLS_PREFIX = "drills/"
 
 
 def item_key(name: str) -> str:
@@ -93,7 +94,7 @@ def inventory_key(which: Literal["latest", "previous"]) -> str:
 
 
 def drill_key(drill_id: str) -> str:
-    return _check_key(f"drills/{drill_id}.json")
+    return _check_key(f"{DRILLS_PREFIX}{drill_id}.json")
 
 
 def failover_key(run_id: str) -> str:

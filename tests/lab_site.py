@@ -11,6 +11,33 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+
+# Module-scoped fixtures of a module's own site (`site_path`); import them into the test module.
+@pytest.fixture(scope="module")
+def site(site_path):
+    from drbook.site import open_site
+
+    return open_site(site_path)
+
+
+@pytest.fixture(scope="module")
+def sdk(site):
+    """The ARM SDK's own clients: Azure as an observer sees it, independently of drbook's RecoverySite."""
+    from drbook.adapters.azure import AzureClients
+
+    return AzureClients(site.cfg.azure)
+
+
+@pytest.fixture(scope="module")
+def arm(lab):
+    """The ARM emulator's fault controls; faults are cleared when the module ends."""
+    from lab.arm.control import ArmLabControl
+
+    control = ArmLabControl(lab["arm"]["base_url"], lab["ca_bundle"])
+    yield control
+    control.clear_faults()
 
 
 @dataclass

@@ -16,19 +16,17 @@ import pytest
 from azure.mgmt.compute.models import GrantAccessData
 from azure.storage.blob import BlobClient
 
-from drbook.adapters.azure import AzureClients
 from drbook.errors import ApprovalRejected, LeaseHeldError, StateTransitionError
 from drbook.approvals import answer
 from drbook.failover.build import resources_of_run
 from drbook.failover.prepare import isolation_nsg_name, isolated_vnet_name
 from drbook.models import ItemState
-from drbook.site import open_site
 from drbook.flows.failover import commit_flow, failover_flow
 from drbook.flows.prepare_azure import prepare_azure_flow
 from drbook.flows.replication import enable_replication_flow, replicate_flow
 from drbook.flows.drill import drill_cleanup_flow, drill_flow
 from lab.workload import paused_seq
-from tests.lab_site import run_in_thread, start_writer, wait_for_paused_run
+from tests.lab_site import arm, run_in_thread, sdk, site, start_writer, wait_for_paused_run  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.lab
 
@@ -58,26 +56,6 @@ def _point_seq(point) -> int:
     seqs = [s for s in seqs if s is not None]
     assert seqs, f"point {point.id} has no freeze mark: {point.freeze_evidence}"
     return seqs[0]
-
-
-@pytest.fixture(scope="module")
-def site(site_path):
-    return open_site(site_path)
-
-
-@pytest.fixture(scope="module")
-def sdk(site) -> AzureClients:
-    """The ARM SDK's own clients: Azure as an observer sees it, independently of drbook's RecoverySite."""
-    return AzureClients(site.cfg.azure)
-
-
-@pytest.fixture(scope="module")
-def arm(lab):
-    from lab.arm.control import ArmLabControl
-
-    control = ArmLabControl(lab["arm"]["base_url"], lab["ca_bundle"])
-    yield control
-    control.clear_faults()
 
 
 def test_prepare_azure_is_idempotent_and_isolates_the_test_network(sdk, site, site_path):
