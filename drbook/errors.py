@@ -25,7 +25,8 @@
     │   └── ProtocolError           the agent's stream is malformed or truncated      [retryable]
     ├── VerificationError           a disk's bytes differ from its recovery point's manifest
     ├── ApprovalRejected            a human said no, or nobody answered in time
-    └── SecretError                 a secret reference cannot be resolved
+    ├── SecretError                 a secret reference cannot be resolved
+    └── DeployError                 a deployment was not registered on the Prefect server
 
 Library exceptions are translated only at the adapter boundary (drbook/adapters/*), so
 flows and tasks never see pyVmomi, paramiko or azure-core exceptions.
@@ -151,6 +152,10 @@ class ApprovalRejected(DRError):
 
 class SecretError(DRError):
     exit_code = 2
+
+
+class DeployError(DRError):
+    exit_code = 9
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -22,6 +22,8 @@ class Ports(_Strict):
     arm: int = 18443
     prefect: int = 14200
     winrm: int = 15986
+    worker: int = 14201  # the process-server worker's health check
+    webhook: int = 14443  # the alert webhook receiver (lab/webhook.py)
 
 
 class ArmSpec(_Strict):

@@ -15,7 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 # Repository folder -> the package it installs as (pyproject.toml's package-dir).
-INSTALLED_AS = {"drbook": "drbook", "flows": "drbook/flows", "tasks": "drbook/tasks", "templates": "drbook/templates"}
+INSTALLED_AS = {"drbook": "drbook", "flows": "drbook/flows", "tasks": "drbook/tasks", "templates": "drbook/templates",
+                "deployments": "drbook/deployments"}
 
 
 def _product_files() -> list[Path]:
@@ -88,6 +89,7 @@ def test_the_wheel_holds_only_drbook(wheel):
     assert not missing, f"in the repository but not in the wheel (pyproject's package list?): {missing}"
     templates = {p.name for p in (REPO / "templates").glob("*.j2")}
     assert templates and templates <= {n.split("/")[-1] for n in names if n.startswith("drbook/templates/")}
+    assert "drbook/deployments/prefect.yaml" in names  # `drbook deploy` of an installed wheel
 
 
 def test_the_wheel_installs_and_runs_outside_the_checkout(wheel, tmp_path):
@@ -127,6 +129,9 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(wheel, tmp_path):
         for os_name in ("linux", "windows"):
             script = render_install_script(MachineConfig(name="m", address="127.0.0.1", os=os_name), "1.0", "ab" * 32)
             assert script.splitlines()[0].startswith("# drbook:"), script[:80]
+        from drbook.deploy import prefect_yaml, read_deployments
+        assert prefect_yaml().is_relative_to(Path(sys.prefix)), prefect_yaml()
+        assert len(read_deployments(prefect_yaml())) >= 10
         assert not [m for m in sys.modules if m == "lab" or m.startswith("lab.")]
         print(len(names))
     """)
