@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -26,7 +26,59 @@ def emit_json(data: object) -> None:
 
 
 # -- running flows from the CLI ---------------------------------------------------------------
-SiteOpt = typer.Option(None, "--site", help="site config YAML (default: $DRBOOK_SITE, else ~/.config/drbook/site.yaml)")
+# A stage command starts a run of its deployment on the process-server worker and follows it
+# (drbook/runs.py): the same run the UI, a schedule or an automation would start. --local runs
+# the flow in this process instead (tests, a one-box quick start): an explicit choice.
+SiteOpt = typer.Option(None, "--site", help="with --local: site config YAML (default: $DRBOOK_SITE, else "
+                       "~/.config/drbook/site.yaml); a deployment run uses its worker's site")
+LocalOpt = typer.Option(False, "--local", help="run the flow in this process instead of on the worker")
+NoWaitOpt = typer.Option(False, "--no-wait", help="start the run on the worker, print its id and UI URL, exit")
+
+# Each stage's deployment ("flow name/deployment name", deployments/prefect.yaml).
+DEPLOYMENTS = {
+    "discover": "discover/discover",
+    "push-mobility": "push-mobility/push-mobility",
+    "protect": "enable-replication/enable-replication",
+    "replicate": "replicate-cycle/replicate",
+    "verify": "verify-point/verify-point",
+    "retention": "retention-purge/retention",
+    "prepare-azure": "prepare-azure/prepare-azure",
+    "test-failover": "test-failover/test-failover",
+    "test-failover-cleanup": "test-failover-cleanup/test-failover-cleanup",
+    "failover": "failover/failover",
+    "commit": "commit/commit",
+    "reconcile": "reconcile/reconcile",
+}
+
+
+def _stage(command: str, flow_fn, params: dict, *, local: bool, no_wait: bool, site: Optional[Path],
+           as_json: bool = False, bars: bool = False):
+    """Run a stage: a run of its deployment, followed to its end (its result returned, or its
+    outcome raised as a DRError with that outcome's exit code); --local runs flow_fn here."""
+    from drbook.runs import InvalidParameters
+
+    if local:
+        if no_wait:
+            raise InvalidParameters("--no-wait starts a run on the worker; it does not go with --local")
+        with _bars() if bars else nullcontext():
+            return flow_fn(**params, site_path=_site_path(site))
+    if site is not None:
+        # The worker runs the flow with its own site (DRBOOK_SITE in the deployment's job
+        # variables): a path on this machine means nothing on the worker's host, and a run must be
+        # the same whoever starts it. Another site is another deployment (`drbook deploy`).
+        raise InvalidParameters("--site chooses the site of a run in this process: add --local; a deployment run "
+                                "uses its worker's site (DRBOOK_SITE in the deployment's job variables)")
+    from drbook import runs
+
+    ref = runs.start(DEPLOYMENTS[command], params)
+    if no_wait:
+        if as_json:
+            emit_json(ref.public())
+        else:
+            sys.stdout.write(f"{ref.id}\n{ref.url or '(no UI URL: set PREFECT_UI_URL)'}\n")
+        raise typer.Exit(0)
+    console.print(f"started {ref.label} ({ref.id}): {ref.url or 'set PREFECT_UI_URL to see its page'}")
+    return runs.follow(ref, console=console)
 
 
 @contextmanager
@@ -57,12 +109,13 @@ def _site_path(site: Optional[Path]) -> str:
 
 
 @app.command("discover")
-def discover_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+def discover_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                 local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Inventory of vCenter and the site's physical servers; says what changed."""
     from drbook.discovery import Inventory, render_inventory
     from drbook.flows.discover import discover_flow
 
-    result = discover_flow(site_path=_site_path(site))
+    result = _stage("discover", discover_flow, {}, local=local, no_wait=no_wait, site=site, as_json=as_json)
     if as_json:
         emit_json(result)
         return
@@ -78,13 +131,20 @@ def push_mobility_cmd(
     force: bool = typer.Option(False, help="reinstall even when the same version is there"),
     as_json: bool = typer.Option(False, "--json"),
     site: Optional[Path] = SiteOpt,
+    local: bool = LocalOpt,
+    no_wait: bool = NoWaitOpt,
 ) -> None:
     """Install or upgrade the mobility agent on machines (SSH for Linux, WinRM for Windows)."""
     from drbook.flows.push_mobility import push_mobility_flow
 
-    sp = _site_path(site)
-    names = _machines_or_all(sp, machines, all_machines)
-    rows = push_mobility_flow(names, force=force, site_path=sp)
+    if local:
+        names = _machines_or_all(_site_path(site), machines, all_machines)
+    elif all_machines:
+        names = _machines_or_all(_worker_site_path("push-mobility"), machines, all_machines)
+    else:
+        names = _machines_or_all(None, machines, all_machines)
+    rows = _stage("push-mobility", push_mobility_flow, {"machines": names, "force": force}, local=local,
+                  no_wait=no_wait, site=site, as_json=as_json)
     if as_json:
         emit_json(rows)
         return
@@ -93,17 +153,33 @@ def push_mobility_cmd(
         raise typer.Exit(1)
 
 
-def _machines_or_all(site_path: str, machines: list[str] | None, all_machines: bool) -> list[str]:
+def _machines_or_all(site_path: str | None, machines: list[str] | None, all_machines: bool) -> list[str]:
+    """The machines named, checked against the site config when it is here (a deployment run
+    checks them on the worker: its first step fails naming an unknown machine)."""
     from drbook.config import load_site
 
+    if not all_machines and not machines:
+        raise typer.BadParameter("name machines or pass --all")
+    if site_path is None:
+        return list(machines or [])
     cfg = load_site(Path(site_path))
     if all_machines:
         return [m.name for m in cfg.machines]
-    if not machines:
-        raise typer.BadParameter("name machines or pass --all")
-    for m in machines:
+    for m in machines or []:
         cfg.machine(m)
-    return machines
+    return list(machines or [])
+
+
+def _worker_site_path(command: str) -> str:
+    """The worker's site config (DRBOOK_SITE of the deployment), when this machine can read it:
+    `--all` names the worker's machines."""
+    from drbook.runs import InvalidParameters, read_deployment, worker_site
+
+    path = worker_site(read_deployment(DEPLOYMENTS[command]))
+    if not path or not Path(path).exists():
+        raise InvalidParameters(f"--all names the machines of the worker's site config ({path or 'unknown'}), "
+                                "which this machine cannot read: name the machines")
+    return path
 
 
 @app.command("items")
@@ -130,12 +206,14 @@ def protect_cmd(
     policy: str = typer.Option("default", help="policy name from the site config"),
     group: Optional[str] = typer.Option(None, help="replication group (members share recovery points)"),
     site: Optional[Path] = SiteOpt,
+    local: bool = LocalOpt,
+    no_wait: bool = NoWaitOpt,
 ) -> None:
     """Push the agent if needed, enable replication, run the initial copy."""
     from drbook.flows.replication import enable_replication_flow
 
-    with _bars():
-        result = enable_replication_flow(machines, policy=policy, group=group, site_path=_site_path(site))
+    result = _stage("protect", enable_replication_flow, {"machines": machines, "policy": policy, "group": group},
+                    local=local, no_wait=no_wait, site=site, bars=True)
     _table("protected", result, ["item", "state", "point", "consistency", "bytes_sent", "seconds"])
 
 
@@ -147,13 +225,16 @@ def replicate_cmd(
     once: bool = typer.Option(True, "--once", help="run one cycle (the schedule lives in deployments/)"),
     app_consistent: bool = typer.Option(False, "--app", help="an app-consistent cycle (quiesce hooks)"),
     site: Optional[Path] = SiteOpt,
+    local: bool = LocalOpt,
+    no_wait: bool = NoWaitOpt,
 ) -> None:
     """Run one replication cycle."""
     from drbook.flows.replication import replicate_flow
 
-    with _bars():
-        result = replicate_flow(machines or [], group=group, all_items=all_items,
-                                want="app" if app_consistent else "crash", site_path=_site_path(site))
+    result = _stage("replicate", replicate_flow,
+                    {"machines": machines or [], "group": group, "all_items": all_items,
+                     "want": "app" if app_consistent else "crash"},
+                    local=local, no_wait=no_wait, site=site, bars=True)
     _table("replication cycle", result, ["item", "point", "consistency", "group", "blocks_changed", "bytes_sent", "resync", "seconds"])
 
 
@@ -176,12 +257,13 @@ def points_cmd(machine: str, as_json: bool = typer.Option(False, "--json"), site
 
 
 @app.command("verify")
-def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Optional[Path] = SiteOpt) -> None:
+def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Optional[Path] = SiteOpt,
+               local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Re-read a point's snapshots and check every block against its manifest."""
     from drbook.flows.replication import verify_point_flow
 
-    with _bars():
-        report = verify_point_flow(machine, point, site_path=_site_path(site))
+    report = _stage("verify", verify_point_flow, {"machine": machine, "point": point}, local=local, no_wait=no_wait,
+                    site=site, bars=True)
     out.print(report)
     if not report.get("ok"):
         raise typer.Exit(7)
@@ -189,11 +271,11 @@ def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Op
 
 @app.command("retention")
 def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say what would be purged"),
-                  site: Optional[Path] = SiteOpt) -> None:
+                  site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Purge recovery points the policy no longer keeps."""
     from drbook.flows.replication import retention_flow
 
-    for r in retention_flow(dry_run=dry_run, site_path=_site_path(site)):
+    for r in _stage("retention", retention_flow, {"dry_run": dry_run}, local=local, no_wait=no_wait, site=site):
         for line in r["actions"]:
             out.print(line)
         verb = "would keep" if dry_run else "kept"
@@ -202,11 +284,12 @@ def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say wha
 
 @app.command("prepare-azure")
 def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool = typer.Option(False, "--json"),
-                      site: Optional[Path] = SiteOpt) -> None:
+                      site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Create the recovery site (idempotent); --dry-run lists what it would create."""
     from drbook.flows.prepare_azure import prepare_azure_flow
 
-    result = prepare_azure_flow(dry_run=dry_run, site_path=_site_path(site))
+    result = _stage("prepare-azure", prepare_azure_flow, {"dry_run": dry_run}, local=local, no_wait=no_wait,
+                    site=site, as_json=as_json)
     if as_json:
         emit_json(result)
         return
@@ -220,11 +303,13 @@ def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json:
 
 @app.command("test-failover")
 def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-processed", "--point"),
-                      as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+                      as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                      local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Drill: bring machines up from a point in the isolated test network, verify, report."""
     from drbook.flows.drill import drill_flow
 
-    result = drill_flow(machines, point=point, site_path=_site_path(site))
+    result = _stage("test-failover", drill_flow, {"machines": machines, "point": point}, local=local, no_wait=no_wait,
+                    site=site, as_json=as_json)
     if as_json:
         emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"],
                    "results": result["results"]})
@@ -234,11 +319,13 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
 
 
 @app.command("test-failover-cleanup")
-def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt) -> None:
+def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt, local: bool = LocalOpt,
+                              no_wait: bool = NoWaitOpt) -> None:
     """Delete everything a drill made, and prove nothing is left."""
     from drbook.flows.drill import drill_cleanup_flow
 
-    result = drill_cleanup_flow(drill_id, site_path=_site_path(site))
+    result = _stage("test-failover-cleanup", drill_cleanup_flow, {"drill_id": drill_id}, local=local,
+                    no_wait=no_wait, site=site)
     out.print(f"{drill_id}: deleted {len(result['deleted'])} resources and resource group "
               f"{result['resource_group_deleted']}; nothing tagged with the drill is left")
 
@@ -247,13 +334,16 @@ def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt) -> 
 def failover_cmd(machines: list[str], point: str = typer.Option("latest", "--point"),
                  planned: bool = typer.Option(False, "--planned", help="shut the source down first: zero data loss"),
                  approval_timeout: int = typer.Option(3600, help="seconds to wait for approval"),
-                 as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+                 as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                 local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Fail over to Azure, after a human approves (`drbook approve RUN_ID` or the Prefect UI)."""
     from drbook.flows.failover import failover_flow
 
-    console.print("waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
-    result = failover_flow(machines, point=point, planned=planned, approval_timeout=approval_timeout,
-                           site_path=_site_path(site))
+    if local:  # a deployment run says so itself when it pauses, with its run id
+        console.print("waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
+    result = _stage("failover", failover_flow,
+                    {"machines": machines, "point": point, "planned": planned, "approval_timeout": approval_timeout},
+                    local=local, no_wait=no_wait, site=site, as_json=as_json)
     if as_json:
         emit_json({"run_id": result["run_id"], "vms": result["vms"], "report": result["report"],
                    "results": result["results"]})
@@ -286,11 +376,13 @@ def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
 
 @app.command("commit")
 def commit_cmd(machines: list[str], dry_run: bool = typer.Option(False, "--dry-run", help="say what would be deleted"),
-               site: Optional[Path] = SiteOpt) -> None:
+               site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """End a failover: delete the other recovery points; state committed."""
     from drbook.flows.failover import commit_flow
 
-    for item, r in commit_flow(machines, dry_run=dry_run, site_path=_site_path(site)).items():
+    committed = _stage("commit", commit_flow, {"machines": machines, "dry_run": dry_run}, local=local, no_wait=no_wait,
+                       site=site)
+    for item, r in committed.items():
         for line in r["actions"]:
             out.print(line)
         if dry_run:
@@ -300,16 +392,38 @@ def commit_cmd(machines: list[str], dry_run: bool = typer.Option(False, "--dry-r
 
 
 @app.command("reconcile")
-def reconcile_cmd(dry_run: bool = typer.Option(False, "--dry-run"), site: Optional[Path] = SiteOpt) -> None:
+def reconcile_cmd(dry_run: bool = typer.Option(False, "--dry-run"), site: Optional[Path] = SiteOpt,
+                  local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Remove what crashed runs left in Azure (found by their tags)."""
     from drbook.flows.reconcile import reconcile_flow
 
-    r = reconcile_flow(dry_run=dry_run, site_path=_site_path(site))
+    r = _stage("reconcile", reconcile_flow, {"dry_run": dry_run}, local=local, no_wait=no_wait, site=site)
     verb = "would remove" if dry_run else "removed"
     for rid, ids in r["removed"].items():
         out.print(f"run {rid}: {verb} {len(ids)} resources")
     if not r["orphan_runs"]:
         out.print(f"nothing left behind ({r['runs_seen']} runs with resources, all live or completed)")
+
+
+@app.command("deploy")
+def deploy_cmd(
+    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", help="default: the prefect.yaml installed with drbook"),
+    as_json: bool = typer.Option(False, "--json"),
+    site: Optional[Path] = SiteOpt,
+) -> None:
+    """Register every stage's deployment on the Prefect server (PREFECT_API_URL), for the process
+    server to run: the work pool, the deployments, the RPO alerts. Idempotent."""
+    from drbook.deploy import deploy
+
+    result = deploy(Path(_site_path(site)), prefect_file, say=console.print)
+    if as_json:
+        emit_json(result.model_dump())
+        return
+    out.print(f"{len(result.deployments)} deployments on work pool {result.pool}"
+              f"{' (created)' if result.pool_created else ''}: {', '.join(result.deployments)}")
+    if result.alerts is not None:
+        out.print(f"RPO alerts: {', '.join(result.alerts) or 'none'}")
+    out.print(f"run them with a worker: prefect worker start --pool {result.pool} --type process")
 
 
 def _table(title: str, rows: list[dict], columns: list[str]) -> None:
