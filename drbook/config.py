@@ -151,6 +151,23 @@ class ProcessServerConfig(_Strict):
                                                           "process takes those of the site's first process server")
 
 
+class AlertsConfig(_Strict):
+    """Where RPO alerts go: drbook.alerts creates Prefect automations that, on this site's
+    drbook.rpo.breached / drbook.rpo.recovered events, POST a JSON notification here."""
+
+    webhook_url: str = Field(description="HTTPS (or HTTP) endpoint that receives the alert as a JSON POST")
+    token: SecretRef | None = Field(None, description="sent as 'Authorization: Bearer <token>' (a secret reference)")
+    events: list[Literal["breached", "recovered"]] = Field(["breached", "recovered"],
+                                                          description="which RPO crossings notify")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+
 class SiteConfig(_Strict):
     site: str
     vcenter: VCenterConfig | None = None
@@ -159,6 +176,7 @@ class SiteConfig(_Strict):
     process_servers: list[ProcessServerConfig] = [ProcessServerConfig(name="local")]
     machines: list[MachineConfig] = []
     policies: list[PolicyConfig] = [PolicyConfig()]
+    alerts: AlertsConfig | None = Field(None, description="RPO alert notifications (drbook.alerts)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SiteConfig":

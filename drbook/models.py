@@ -50,9 +50,10 @@ class ItemState(str, enum.Enum):
 
 class Policy(Doc):
     name: str = "default"
-    rpo_threshold_minutes: int = 15
-    crash_frequency_minutes: int = 5
-    app_frequency_minutes: int = 60
+    # Minutes; fractions are allowed (tests and the lab use seconds-level policies).
+    rpo_threshold_minutes: float = Field(15, gt=0)
+    crash_frequency_minutes: float = Field(5, gt=0)
+    app_frequency_minutes: float = Field(60, gt=0)
     retention_hours: float = 24
     # Where a cycle's segments wait between the agent and the page writes. "cache" (DESIGN
     # §2): in the cache container, so a process server lost after the commit marker is

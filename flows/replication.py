@@ -10,14 +10,11 @@ from pydantic import Field
 from prefect.artifacts import create_table_artifact
 
 from drbook.failover.points import POINT_ID_PATTERN
-from drbook.models import utcnow
 from drbook.progress import tracked
 from drbook.replication.enable import refuse_other_group
-from drbook.replication.events import emit_rpo_event
-from drbook.replication.rpo import decide_rpo
+from drbook.replication import monitor
 from drbook.replication.selection import select_for_replication
 from drbook.site import open_site
-from drbook.vault import item_key
 from drbook.tasks.policy import ONCE, REMOTE
 
 
@@ -84,16 +81,7 @@ def cycle_task(site_path: str, names: list[str], group: str | None, want: str) -
 @task(name="check-rpo", **ONCE)
 def check_rpo(site_path: str, names: list[str]) -> list[dict]:
     site = open_site(site_path)
-    out = []
-    for name in names:
-        item = site.vault.item(name)
-        decision = decide_rpo(item, item.last_point_time, item.policy, utcnow())
-        if decision.changed:
-            emit_rpo_event(decision)
-            site.vault.update(item_key(name), type(item),
-                              lambda i, b=decision.breached: i.model_copy(update={"rpo_breached": b}))
-        out.append(decision.model_dump(mode="json"))
-    return out
+    return [d.model_dump(mode="json") for d in monitor.check_rpo(site.vault, names, site=site.cfg.site)]
 
 
 @flow(name="replicate-cycle", log_prints=True)

@@ -97,6 +97,7 @@ def print_status(status: dict) -> None:
         "vcenter": status["vcenter"]["url"],
         "prefect": status["prefect"]["ui_url"],
         "winrm": f"https://{status['winrm']['host']}:{status['winrm']['port']}/wsman (a stand-in for Windows)",
+        "webhook": f"{status['webhook']['url']} (alert receiver, records to {status['webhook']['record']})",
     }
     machines = {f"sshd-{m['name']}": f"{m['address']}:22 ({len(m['disks'])} disks)" for m in status["machines"]}
     for name, running in status["services"].items():

@@ -7,6 +7,9 @@ If `up` fails part-way, it stops what this call started, so nothing is left half
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import os
 import secrets
 import shlex
@@ -33,6 +36,8 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 VCENTER_USER = "administrator@vsphere.local"
 WINRM_USER = "drbook"
+WORKER_NAME = "drbook-lab-process-server"
+WORKER_QUERY_SECONDS = 2
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "-mod=mod"}
 
 Log = Callable[[str], None]
@@ -101,11 +106,15 @@ class Lab:
             keys = ensure_client_key(self.dir / "ssh")
             self._up_machines(keys, started)
             self._up_prefect(started)
+            self._up_worker(started)
             self._up_winrm(certs, started)
+            self._up_webhook(certs, started)
             self._populate_vcenter(certs)
             status = self.status()
             self._write_site(status)
             self._write_env()
+            self._register_deployments()
+            self._ensure_alerts()
         except BaseException:
             for m in reversed(started):
                 self.say(f"stopping {m.name} (lab up failed)")
@@ -245,10 +254,17 @@ class Lab:
             "PREFECT_SERVER_API_PORT": str(self.spec.ports.prefect),
             "PREFECT_UI_API_URL": self.prefect_api_url,
         }
+        # The server runs the alert automations' actions: its HTTPS calls to the lab's webhook
+        # receiver must trust the lab CA (httpx reads SSL_CERT_FILE), besides the public roots.
+        env["SSL_CERT_FILE"] = str(self._ca_bundle_with_public_roots())
         env.pop("PREFECT_API_URL", None)
         argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.spec.ports.prefect)]
         m = self.managed("prefect")
-        self._start(m, argv, self.spec.ports.prefect, started, env={**env, "PREFECT_API_URL": ""}, timeout=90)
+        # The environment only: argv names whichever interpreter path ran `up` (the same venv).
+        # A restarted server was running before this call: a later failure of `up` leaves it running.
+        restarted = self._restart_if_changed(m, env)
+        self._start(m, argv, self.spec.ports.prefect, [] if restarted else started, env={**env, "PREFECT_API_URL": ""},
+                    timeout=90)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -258,6 +274,115 @@ class Lab:
             except OSError:
                 time.sleep(0.2)
         raise LabError(f"Prefect server did not become healthy; log: {m.log_file}")
+
+    def _ca_bundle_with_public_roots(self) -> Path:
+        """certifi's roots plus the lab CA, rewritten when either changes."""
+        import certifi
+
+        bundle = self.dir / "ca" / "bundle-with-public-roots.pem"
+        content = Path(certifi.where()).read_bytes() + b"\n" + self.certs.ca_cert.read_bytes()
+        if not bundle.exists() or bundle.read_bytes() != content:
+            bundle.write_bytes(content)
+        return bundle
+
+    def _restart_if_changed(self, m: Managed, config: dict) -> bool:
+        """A service started by an older `lab up` with another environment
+        (e.g. before the server had to trust the lab CA) is restarted, so `up` is right
+        without a `down` first. The config is remembered beside the pid file."""
+        stamp = self.run_dir / f"{m.name}.config"
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+        try:
+            before = stamp.read_text().strip()
+        except OSError:
+            before = None
+        restart = m.running() and before != digest
+        if restart:
+            self.say(f"restarting {m.name}: its environment changed")
+            m.stop()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest + "\n")
+        return restart
+
+    def _up_webhook(self, certs: LabCerts, started: list[Managed]) -> None:
+        """The alert webhook receiver (lab/webhook.py): records every POST it gets."""
+        argv = [
+            sys.executable, "-m", "lab.webhook", "--host", HOST, "--port", str(self.spec.ports.webhook),
+            "--cert", str(certs.server_cert), "--key", str(certs.server_key), "--record", str(self.webhook_record),
+        ]
+        self._start(self.managed("webhook"), argv, self.spec.ports.webhook, started)
+
+    @property
+    def webhook_record(self) -> Path:
+        return self.dir / "webhook" / "received.jsonl"
+
+    def _ensure_alerts(self) -> None:
+        """The RPO alert automations of the lab's site (drbook.alerts); redone on every `up`
+        (cheap, idempotent) so a Prefect database that was reset gets them back. A failure is
+        reported, not fatal."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from drbook.alerts import ensure_alerts
+        from drbook.config import load_site
+        from drbook.errors import DRError
+
+        # Prefect reads its settings once, at import: set the server for this call explicitly
+        # (without it, a client with no API URL would start a temporary server of its own).
+        with temporary_settings(updates={PREFECT_API_URL: self.prefect_api_url}):
+            try:
+                made = ensure_alerts(load_site(self.dir / "site.yaml"))
+            except (DRError, OSError, ValueError) as exc:
+                self.say(f"RPO alert automations not created: {exc}")
+                return
+        self.say(f"RPO alert automations: {', '.join(made) or 'none'}")
+
+    def _up_worker(self, started: list[Managed]) -> None:
+        """The process server: a Prefect worker of drbook's process pool; each run is a process
+        of its own, with the lab's DRBOOK_SITE and PREFECT_API_URL."""
+        from drbook.deploy import POOL, POOL_TYPE
+
+        env = {
+            **self.drbook_env(),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # Prefect's default is 10 s between polls: a Run click would wait 5 s on average.
+            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_SECONDS),
+            "PREFECT_WORKER_WEBSERVER_HOST": HOST,
+            "PREFECT_WORKER_WEBSERVER_PORT": str(self.spec.ports.worker),
+        }
+        argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", POOL_TYPE,
+                "--name", WORKER_NAME, "--with-healthcheck"]
+        self._start(self.managed("worker"), argv, self.spec.ports.worker, started, env=env, timeout=60)
+
+    @property
+    def _deploy_stamp(self) -> Path:
+        return self.run_dir / "deployments.json"
+
+    def _register_deployments(self) -> None:
+        """`drbook deploy`, as a real site runs it; skipped when neither drbook's code nor the
+        site changed and every deployment is still on the server (lab up runs per test session).
+        A failure is reported, not fatal: the lab's other services stand on their own, and
+        `drbook deploy` (or the deployment tests) show the same error."""
+        from drbook.deploy import deploy, existing_deployments, prefect_yaml
+        from drbook.errors import DeployError
+
+        site = self.dir / "site.yaml"
+        fingerprint = _code_fingerprint(prefect_yaml(), f"{site}|{self.prefect_api_url}")
+        try:
+            stamp = json.loads(self._deploy_stamp.read_text())
+        except (OSError, ValueError):
+            stamp = {}
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.prefect_api_url}):
+            try:
+                if stamp.get("fingerprint") == fingerprint and set(stamp.get("deployments", [])) <= existing_deployments():
+                    return
+                t0 = time.monotonic()
+                result = deploy(site, say=self.say)
+            except DeployError as exc:
+                self.say(f"deployments not registered: {exc}")
+                return
+        self._deploy_stamp.write_text(json.dumps({"fingerprint": fingerprint, "deployments": result.deployments}) + "\n")
+        self.say(f"registered {len(result.deployments)} deployments in {time.monotonic() - t0:.1f}s")
 
     # -- status --------------------------------------------------------------------------
     @property
@@ -273,7 +398,7 @@ class Lab:
         return f"http://{HOST}:{self.spec.ports.prefect}/api"
 
     def services(self) -> dict[str, bool]:
-        names = ["azurite", "arm", "vcenter", "prefect", "winrm"] + [f"sshd-{m.name}" for m in self.spec.machines]
+        names = ["azurite", "arm", "vcenter", "prefect", "worker", "winrm", "webhook"] + [f"sshd-{m.name}" for m in self.spec.machines]
         return {n: self.managed(n).running() for n in names}
 
     def status(self) -> dict:
@@ -309,6 +434,9 @@ class Lab:
                 "token_ref": f"file:{self.arm_token_file}",
             },
             "prefect": {"api_url": self.prefect_api_url, "ui_url": f"http://{HOST}:{self.spec.ports.prefect}"},
+            "worker": {"name": WORKER_NAME, "pool": "drbook-process-server",
+                       "health_url": f"http://{HOST}:{self.spec.ports.worker}/health"},
+            "webhook": {"url": f"https://{HOST}:{self.spec.ports.webhook}/alerts", "record": str(self.webhook_record)},
             "winrm": {
                 "host": HOST, "port": self.spec.ports.winrm, "user": WINRM_USER,
                 "password_ref": f"file:{self.winrm_password_file}",
@@ -391,8 +519,24 @@ class Lab:
                 }
                 for m in status["machines"]
             ],
+            # RPO alerts (drbook.alerts) go to the lab's webhook receiver.
+            "alerts": {"webhook_url": status["webhook"]["url"]},
         }
         path = self.dir / "site.yaml"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(site, sort_keys=False))
         tmp.replace(path)
+
+
+def _code_fingerprint(prefect_file: Path, extra: str) -> str:
+    """What the registered deployments depend on: prefect.yaml and drbook's code (a flow's
+    signature is its deployment's parameter schema)."""
+    import drbook
+
+    digest = hashlib.sha256(prefect_file.read_bytes() + extra.encode())
+    roots = [Path(drbook.__file__).parent, *(Path(importlib.import_module(f"drbook.{p}").__file__).parent
+                                             for p in ("flows", "tasks"))]
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path).encode() + path.read_bytes())
+    return digest.hexdigest()

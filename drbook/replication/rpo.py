@@ -21,7 +21,7 @@ class RpoDecision(BaseModel):
     breached: bool
     monitored: bool
     lag_seconds: float | None
-    threshold_minutes: int
+    threshold_minutes: float
     last_point_time: dt.datetime | None
     checked_at: dt.datetime
 

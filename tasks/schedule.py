@@ -1,0 +1,113 @@
+"""Prefect tasks of scheduled replication: read what the decision needs (items, held item
+locks, live runs of the cycle deployment) and start a cycle as a deployment run. The rule
+is drbook.replication.schedule's; these only read and start."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import task
+
+from drbook.adapters.blobstore import map_blob_errors
+from drbook.config import default_site_path
+from drbook.errors import NotFoundError
+from drbook.models import ProtectedItem, ReplicationGroup
+from drbook.replication.schedule import ActiveRun, DueCycle
+from drbook.site import Site
+from drbook.tasks.policy import ONCE
+from drbook.vault import group_key, lock_key
+
+# The deployment of flows/replication.py's replicate_flow (deployments/prefect.yaml).
+CYCLE_DEPLOYMENT = "replicate-cycle/replicate"
+LIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING")
+
+
+def held_item_locks(site: Site, names: list[str]) -> dict[str, str]:
+    """item -> holder, for items whose lock (`locks/item-<name>`, taken by every cycle) is
+    leased right now. An expired lease (its holder died) reads as free."""
+    held = {}
+    for name in names:
+        blob = site.vault.container.get_blob_client(lock_key(f"item-{name}"))
+        try:
+            with map_blob_errors(f"read lock item-{name}"):
+                props = blob.get_blob_properties()
+        except NotFoundError:
+            continue  # never locked
+        if props.lease.state == "leased":
+            held[name] = (props.metadata or {}).get("holder") or "a holder that did not record itself"
+    return held
+
+
+def _same_site(run_site: Any, site: Site) -> bool:
+    path = Path(run_site) if run_site else default_site_path()
+    try:
+        return path.resolve() == site.path.resolve()
+    except OSError:
+        return False
+
+
+def _run_items(params: dict, groups: Callable[[str], list[str]], everything: list[str]) -> list[str]:
+    if params.get("all_items"):
+        return everything
+    if params.get("group"):
+        return sorted(set(params.get("machines") or []) | set(groups(params["group"])))
+    return list(params.get("machines") or [])
+
+
+def active_cycle_runs(site: Site, items: list[ProtectedItem], deployment: str = CYCLE_DEPLOYMENT) -> list[ActiveRun]:
+    """Runs of the cycle deployment for this site that are scheduled, pending or running,
+    whoever started them (this dispatcher, the UI, the CLI)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    def members(group: str) -> list[str]:
+        doc = site.vault.find(group_key(group), ReplicationGroup)
+        return doc.members if doc else []
+
+    everything = [i.name for i in items]
+    with get_client(sync_client=True) as client:
+        try:
+            dep = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            return []
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType(s) for s in LIVE_STATES]))),
+            limit=200,
+        )
+    out = []
+    for run in runs:
+        params = run.parameters or {}
+        if not _same_site(params.get("site_path"), site):
+            continue
+        state = run.state.type.value if run.state else "SCHEDULED"
+        if state == "RUNNING":
+            since = run.start_time or (run.state.timestamp if run.state else None)
+        else:
+            since = run.next_scheduled_start_time or run.expected_start_time or (run.state.timestamp if run.state else None)
+        out.append(ActiveRun(run_id=str(run.id), state=state, since=since or dt.datetime.now(dt.timezone.utc),
+                             items=_run_items(params, members, everything)))
+    return out
+
+
+def start_cycle_run(cycle: DueCycle, site_path: str, deployment: str = CYCLE_DEPLOYMENT) -> dict:
+    """Start one cycle as its own run of the cycle deployment, on the worker; do not wait."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        deployment, parameters={**cycle.parameters(), "site_path": site_path}, timeout=0, as_subflow=False,
+        tags=["drbook", "scheduled-cycle"], flow_run_name=f"cycle-{cycle.label.replace(' ', '-')}-{cycle.want}",
+    )
+    return {"run_id": str(run.id), "name": run.name}
+
+
+@task(name="start-cycle", **ONCE)
+def start_cycle(cycle: DueCycle, site_path: str) -> dict:
+    return start_cycle_run(cycle, site_path)

@@ -1,0 +1,56 @@
+"""A dispatcher deployment of a test's (or benchmark's) own site, on the lab's worker: the
+lab's registered `replication-dispatcher/continuous-replication` copied with this site as
+its parameter and a short interval. Deleted on exit."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+LAB_DISPATCHER = "replication-dispatcher/continuous-replication"
+CYCLE_DEPLOYMENT = "replicate-cycle/replicate"
+
+
+class NoDeployments(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def dispatcher_deployment(site_path: str, every_s: float) -> Iterator[str]:
+    from prefect import get_client
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            lab_dep = client.read_deployment_by_name(LAB_DISPATCHER)
+            client.read_deployment_by_name(CYCLE_DEPLOYMENT)
+        except ObjectNotFound:
+            raise NoDeployments("the lab has no drbook deployments (drbook-lab up registers them)") from None
+        dep_id = client.create_deployment(
+            flow_id=lab_dep.flow_id, name=f"test-{uuid.uuid4().hex[:6]}", entrypoint=lab_dep.entrypoint,
+            work_pool_name=lab_dep.work_pool_name, work_queue_name=lab_dep.work_queue_name,
+            job_variables=lab_dep.job_variables, pull_steps=lab_dep.pull_steps, path=lab_dep.path,
+            parameters={"site_path": site_path}, concurrency_limit=1,
+            schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=dt.timedelta(seconds=every_s)),
+                                                active=True)],
+        )
+    try:
+        yield str(dep_id)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(dep_id)
+
+
+def cycle_runs(site_path: str) -> list:
+    """Runs of the cycle deployment for this site, in any state."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(CYCLE_DEPLOYMENT)
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])), limit=200)
+    return [r for r in runs if (r.parameters or {}).get("site_path") == site_path]
