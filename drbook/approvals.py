@@ -7,14 +7,17 @@ form refuses (validation) leaves the run paused, and the error says why.
 from __future__ import annotations
 
 import getpass
+import json
 from uuid import UUID
 
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
+from prefect.input import keyset_from_paused_state
 
 from drbook.errors import DRError, NotFoundError
+from drbook.failover.approval import require_point_value
 
 
 def waiting_approvals() -> list[dict]:
@@ -40,7 +43,19 @@ def waiting_approvals() -> list[dict]:
     return rows
 
 
+def form_schema(client, run) -> dict:
+    """The JSON schema of the form a paused run waits for (what the UI draws); {} if none."""
+    keyset = keyset_from_paused_state(run.state)
+    try:
+        return json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
+    except Exception:  # a run paused without a form, or one whose schema is gone
+        return {}
+
+
 def answer(run_id: str, *, approve: bool, comment: str = "", approver: str | None = None, point: str | None = None) -> None:
+    """Resume a paused run with a filled-in form. The approver defaults to the OS user; a
+    `point` must be one of the form's choices (an id, a keyword or a full label), else the
+    run is left paused and the error lists the choices."""
     try:
         rid = UUID(run_id)
     except ValueError:
@@ -50,11 +65,13 @@ def answer(run_id: str, *, approve: bool, comment: str = "", approver: str | Non
             run = client.read_flow_run(rid)
         except Exception:
             raise NotFoundError(f"no flow run {run_id}") from None
-    if run.state_type != StateType.PAUSED:
-        raise DRError(f"flow run {run_id} is not waiting for approval (it is {run.state_name})")
+        if run.state_type != StateType.PAUSED:
+            raise DRError(f"flow run {run_id} is not waiting for approval (it is {run.state_name})")
+        schema = form_schema(client, run)
     answer_input: dict = {"approve": approve, "approver": approver or getpass.getuser(), "comment": comment}
     if point:
-        answer_input["point"] = point
+        choices = schema.get("properties", {}).get("point", {}).get("enum")
+        answer_input["point"] = require_point_value(choices, point) if choices else point
     try:
         resume_flow_run(rid, run_input=answer_input)
     except RuntimeError as exc:

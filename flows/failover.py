@@ -13,15 +13,15 @@ import time
 from prefect import flow, get_run_logger, pause_flow_run, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import FlowPauseTimeout
-from prefect.input import RunInput
 from prefect.transactions import transaction
 
 from drbook import state as statelib
 from drbook.errors import ApprovalRejected
+from drbook.failover import approval as approvallib
 from drbook.failover import points as pointlib
 from drbook.failover.commit import CommitResult, commit_item, require_committable
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery, taken_ips
-from drbook.models import AzureVmRef, FailoverRecord, ItemState, utcnow
+from drbook.models import AuditEntry, AzureVmRef, FailoverRecord, ItemState, utcnow
 from drbook.report import markdown, table_rows, write_html
 from drbook.site import open_site
 from drbook.tasks.policy import ONCE
@@ -33,13 +33,9 @@ from drbook.tasks import replication as replication_tasks
 from drbook.tasks import source as source_tasks
 
 
-class FailoverApproval(RunInput):
-    """The form a human fills in the Prefect UI (or with `drbook approve`)."""
-
-    approve: bool = False
-    approver: str = ""
-    comment: str = ""
-    point: str = pointlib.LATEST
+# The approval form's fixed fields; each run builds its own form on it (approvallib.approval_form),
+# because the recovery point is a choice among the points that exist when it pauses.
+FailoverApproval = approvallib.FailoverApprovalBase
 
 
 @flow(name="failover", log_prints=True)
@@ -68,26 +64,39 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
         for m in machines:
             leases.enter_context(site.vault.lease(f"failover-{m}", holder=f"failover {run_id}", duration_s=30))
         site.vault.put(failover_key(run_id), record)
+        # Ask: a summary of exactly what will happen, on the run's page and above the form.
+        rg = site.cfg.azure.resource_group
+        points_by_item = {i.name: replication_tasks.points_of(site, i.name) for i in items}
+        preview = approvallib.preview_points(site.cfg, items, points_by_item, point, planned)
+        preview_plans = plan_recovery(site.cfg, [i for i in items if i.name in preview], preview, run_id=run_id,
+                                      purpose="failover", resource_group=rg,
+                                      sizes=offered_sizes(site.azure, site.cfg.azure.location),
+                                      taken=taken_ips(site.azure, rg))
+        options = approvallib.point_options(items, points_by_item, point)
+        summary = approvallib.approval_summary(cfg=site.cfg, run_id=run_id, items=items, planned=planned, choice=point,
+                                               chosen=preview, plans=preview_plans, options=options, now=utcnow())
+        # No key: on the run's Artifacts tab the card then opens this summary itself (a keyed
+        # card opens the key's history across runs).
+        create_markdown_artifact(summary, description=f"waiting for approval: failover of {', '.join(machines)}")
+        log.info("waiting for an approval of the failover of %s. %s", ", ".join(machines),
+                 approvallib.HOW_TO_ANSWER.format(run_id=run_id))
         try:
-            answer = pause_flow_run(
-                wait_for_input=FailoverApproval.with_initial_data(
-                    description=(f"Fail over {', '.join(machines)} to Azure ({'planned' if planned else 'unplanned'}). "
-                                 "Set approve to true to go on; anything else changes nothing."),
-                    approve=False, point=point),
-                timeout=approval_timeout, poll_interval=1, key="failover-approval",
-            )
+            answer = pause_flow_run(wait_for_input=approvallib.approval_form(options, point, summary),
+                                    timeout=approval_timeout, poll_interval=1, key="failover-approval")
         except FlowPauseTimeout:
             answer = None
-        if answer is None or not answer.approve:
-            why = "nobody approved in time" if answer is None else f"rejected by {answer.approver or 'someone'}"
-            site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
-                "status": "rejected", "finished": utcnow(), "comment": answer.comment if answer else "timed out",
-                "approver": answer.approver if answer else None}))
-            raise ApprovalRejected(f"failover of {', '.join(machines)} not approved ({why}); nothing was changed")
-        point = answer.point or point
+        decision = approvallib.decide(answer, point)
+        for m in machines:
+            site.vault.audit(AuditEntry(actor=decision.approver or "drbook", item=m, action=decision.audit_action,
+                                        flow_run_id=run_id, detail={"point": decision.point, "planned": planned,
+                                                                    "comment": decision.comment}))
         site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
-            "status": "running", "approver": answer.approver, "comment": answer.comment}))
-        log.info("approved by %s: %s", answer.approver or "(unnamed)", answer.comment)
+            "status": decision.status, "approver": decision.approver, "comment": decision.comment,
+            "finished": None if decision.approved else utcnow()}))
+        if not decision.approved:
+            raise ApprovalRejected(f"failover of {', '.join(machines)} not approved ({decision.why}); nothing was changed")
+        point = decision.point
+        log.info("approved by %s (point %s): %s", decision.approver, point, decision.comment)
         started = time.monotonic()
         approved_at = utcnow()
 

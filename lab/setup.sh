@@ -7,20 +7,22 @@ cd "$(dirname "$0")/.."
 say() { printf 'setup: %s\n' "$*" >&2; }
 
 # 1. Debian packages: sshd for the source machines, Go + govmomi source for vcsim, rsync
-#    for the replication benchmark's peer.
+#    for the replication benchmark's peer, chromium for the browser tests (Playwright
+#    drives Debian's build: its own browser download cannot work here).
 need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v go >/dev/null 2>&1 || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || need+=(golang-github-vmware-govmomi-dev)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   say "installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 else
-  say "Debian packages present (openssh-server, golang-go, govmomi source, rsync, node)"
+  say "Debian packages present (openssh-server, golang-go, govmomi source, rsync, node, chromium)"
 fi
 
 # 2. The Python virtual environment with drbook and its dev dependencies.
