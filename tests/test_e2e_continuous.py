@@ -118,14 +118,14 @@ def protected(fast_site):
 @pytest.fixture(scope="module")
 def dispatcher(protected, fast_site):
     """A dispatcher deployment of this module's own (its site, a 10 s interval) on the lab's
-    worker; skips when the lab has no deployments yet."""
+    worker. `lab up` registers the deployments, so their absence is a failure, not a skip."""
     from tests.dispatcher_deployment import NoDeployments, dispatcher_deployment
 
     try:
         with dispatcher_deployment(fast_site, DISPATCH_EVERY_S) as dep_id:
             yield dep_id
     except NoDeployments as exc:
-        pytest.skip(str(exc))
+        pytest.fail(f"the lab has no deployments (lab up registers them): {exc}")
 
 
 def test_a_second_cycle_of_a_busy_item_fails_at_once_and_touches_nothing(protected, fast_site):
