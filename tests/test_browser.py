@@ -98,6 +98,24 @@ def _wait_for_paused_run_of(site_path: str, timeout: float = 120) -> str:
     raise AssertionError(f"no paused failover of site {site_path}")
 
 
+def _wait_for_run_of(deployment_id: str, site_path: str, timeout: float = 60) -> str:
+    """The run of `deployment_id` whose site_path parameter is `site_path`."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            for run in runs:
+                if run.parameters.get("site_path") == site_path:
+                    return str(run.id)
+            time.sleep(1)
+    pytest.fail(f"no run of deployment {deployment_id} for {site_path} within {timeout:.0f}s of Submit")
+
+
 def _run_state(run_id: str) -> str:
     from prefect import get_client
 
@@ -109,7 +127,8 @@ def test_a_drill_started_from_its_deployment_run_form_completes(page, shots, pro
     from playwright.sync_api import expect
 
     site = open_site(protected)
-    page.goto(f"{UI}/deployments/deployment/{_deployment_id('test-failover/test-failover')}")
+    dep_id = _deployment_id('test-failover/test-failover')
+    page.goto(f"{UI}/deployments/deployment/{dep_id}")
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Custom run").click()
     expect(page.get_by_role("heading", name="Parameters")).to_be_visible()
@@ -121,9 +140,11 @@ def test_a_drill_started_from_its_deployment_run_form_completes(page, shots, pro
     page.get_by_role("tabpanel", name="str").filter(has=page.get_by_role("textbox")).get_by_role("textbox").fill(protected)
     page.screenshot(path=shots / "drill-run-form.png", full_page=True)
     page.get_by_role("button", name="Submit").click()
-    page.get_by_role("button", name="View run").click()  # the toast: "<run> scheduled to start now"
-    page.wait_for_url(re.compile(r"/runs/flow-run/[0-9a-f-]{36}"))
-    run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", page.url).group(1)
+    # The "View run" toast is gone in seconds on a loaded machine: the run the form made is
+    # found by its parameters on the server, then opened.
+    run_id = _wait_for_run_of(dep_id, protected)
+    page.screenshot(path=shots / "drill-submitted.png", full_page=True)
+    page.goto(f"{UI}/runs/flow-run/{run_id}")
     try:
         expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=RUN_MS)
         page.screenshot(path=shots / "drill-completed.png", full_page=True)
