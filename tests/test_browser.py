@@ -104,11 +104,14 @@ def _wait_for_run_of(deployment_id: str, site_path: str, timeout: float = 60) ->
 
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
 
     deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            # newest first: a long-lived lab holds more of this deployment's runs than one page
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                                         sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
             for run in runs:
                 if run.parameters.get("site_path") == site_path:
                     return str(run.id)
