@@ -41,8 +41,26 @@ def dispatcher_deployment(site_path: str, every_s: float) -> Iterator[str]:
     try:
         yield str(dep_id)
     finally:
-        with get_client(sync_client=True) as client:
-            client.delete_deployment(dep_id)
+        _delete_with_its_runs(dep_id)
+
+
+def _delete_with_its_runs(dep_id) -> None:
+    """Deleting a deployment leaves its already-scheduled runs behind, and the worker would
+    run them (a dispatcher of a site that no longer exists): pause, delete them, then it."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    with get_client(sync_client=True) as client:
+        client.pause_deployment(dep_id)
+        waiting = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep_id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.SCHEDULED, StateType.PENDING]))))
+        for run in waiting:
+            client.delete_flow_run(run.id)
+        client.delete_deployment(dep_id)
 
 
 def cycle_runs(site_path: str) -> list:
