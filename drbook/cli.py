@@ -55,7 +55,7 @@ def _stage(command: str, flow_fn, params: dict, *, local: bool, no_wait: bool, s
            as_json: bool = False, bars: bool = False):
     """Run a stage: a run of its deployment, followed to its end (its result returned, or its
     outcome raised as a DRError with that outcome's exit code); --local runs flow_fn here."""
-    from drbook.runs import InvalidParameters
+    from drbook.errors import InvalidParameters
 
     if local:
         if no_wait:
@@ -173,7 +173,8 @@ def _machines_or_all(site_path: str | None, machines: list[str] | None, all_mach
 def _worker_site_path(command: str) -> str:
     """The worker's site config (DRBOOK_SITE of the deployment), when this machine can read it:
     `--all` names the worker's machines."""
-    from drbook.runs import InvalidParameters, read_deployment, worker_site
+    from drbook.errors import InvalidParameters
+    from drbook.runs import read_deployment, worker_site
 
     path = worker_site(read_deployment(DEPLOYMENTS[command]))
     if not path or not Path(path).exists():

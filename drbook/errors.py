@@ -26,7 +26,14 @@
     ├── VerificationError           a disk's bytes differ from its recovery point's manifest
     ├── ApprovalRejected            a human said no, or nobody answered in time
     ├── SecretError                 a secret reference cannot be resolved
-    └── DeployError                 a deployment was not registered on the Prefect server
+    ├── DeployError                 a deployment was not registered on the Prefect server
+    ├── InvalidParameters           a deployment refused a run's parameters
+    ├── DeploymentNotFound          no such deployment on the Prefect server
+    └── RunError                    a deployment run did not complete (`run` says which)
+        ├── RunFailed               it failed with an error that is not drbook's
+        ├── RunCrashed              its process or the worker died
+        ├── RunCancelled            someone cancelled it
+        └── ResultUnavailable       it completed; its result cannot be read here
 
 Library exceptions are translated only at the adapter boundary (drbook/adapters/*), so
 flows and tasks never see pyVmomi, paramiko or azure-core exceptions.
@@ -156,6 +163,40 @@ class SecretError(DRError):
 
 class DeployError(DRError):
     exit_code = 9
+
+
+class InvalidParameters(DRError):
+    exit_code = 2
+
+
+class DeploymentNotFound(DRError):
+    exit_code = 2
+
+
+class RunError(DRError):
+    """A run that did not complete. `run` says which (a drbook.runs.RunRef: id, name, UI URL)."""
+
+    def __init__(self, message: str, *, run: object | None = None, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.run = run
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class RunFailed(RunError):
+    exit_code = 10
+
+
+class RunCrashed(RunError):
+    exit_code = 11
+
+
+class RunCancelled(RunError):
+    exit_code = 12
+
+
+class ResultUnavailable(RunError):
+    exit_code = 13
 
 
 def is_retryable(exc: BaseException) -> bool:

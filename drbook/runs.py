@@ -38,47 +38,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from uuid import UUID
 
-from drbook.errors import DRError
+from drbook.errors import (DeploymentNotFound, DRError, InvalidParameters, ResultUnavailable, RunCancelled,
+                           RunCrashed, RunError, RunFailed)
 
 POLL_SECONDS = 0.5
 # The worker sends a run's last log lines shortly after its final state: keep reading this long.
 LOG_TAIL_SECONDS = 1.5
 V2 = "v2"  # the V2 UI is mounted at /v2 in Prefect 3.8.8 (`/runs/flow-run/{id}` is V1's page)
-
-
-# -- errors ---------------------------------------------------------------------------------------
-class InvalidParameters(DRError):
-    exit_code = 2
-
-
-class DeploymentNotFound(DRError):
-    exit_code = 2
-
-
-class RunError(DRError):
-    """A run that did not complete. `run` says which (id, name, UI URL)."""
-
-    def __init__(self, message: str, *, run: "RunRef | None" = None, exit_code: int | None = None) -> None:
-        super().__init__(message)
-        self.run = run
-        if exit_code is not None:
-            self.exit_code = exit_code
-
-
-class RunFailed(RunError):
-    exit_code = 10
-
-
-class RunCrashed(RunError):
-    exit_code = 11
-
-
-class RunCancelled(RunError):
-    exit_code = 12
-
-
-class ResultUnavailable(RunError):
-    exit_code = 13
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,8 @@ def test_a_failed_state_with_no_message_says_its_state():
 def test_run_error_codes_are_distinct_from_every_other_drbook_code():
     from drbook import errors
 
-    others = {c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, DRError)}
+    others = {c.exit_code for c in vars(errors).values()
+              if isinstance(c, type) and issubclass(c, DRError) and not issubclass(c, errors.RunError)}
     mine = {runs.RunFailed.exit_code, runs.RunCrashed.exit_code, runs.RunCancelled.exit_code,
             runs.ResultUnavailable.exit_code}
     assert len(mine) == 4 and not (mine & others)
@@ -266,3 +267,17 @@ def test_site_without_local_is_refused_in_one_line():
 def test_no_wait_with_local_is_refused():
     proc = _cli("test-failover", "db01", "--local", "--no-wait")
     assert proc.returncode == 2 and "--no-wait" in proc.stderr
+
+
+def test_the_readme_documents_every_exit_code_of_the_error_tree():
+    import re
+    from pathlib import Path
+
+    from drbook import errors
+
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    paragraph = text[text.index("Exit codes:"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    documented = {int(n) for n in re.findall(r"(?:^|[;:,]\s)(\d+)\s", paragraph)}
+    codes = {c.exit_code for c in vars(errors).values() if isinstance(c, type) and issubclass(c, DRError)}
+    assert codes - documented == set(), f"exit codes without a word in the README: {sorted(codes - documented)}"
