@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, Fl
 from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 from prefect.input import keyset_from_paused_state
+from prefect.exceptions import ObjectNotFound
 
 from drbook.errors import DRError, NotFoundError
 from drbook.failover.approval import require_point_value
@@ -63,7 +64,7 @@ def answer(run_id: str, *, approve: bool, comment: str = "", approver: str | Non
     with get_client(sync_client=True) as client:
         try:
             run = client.read_flow_run(rid)
-        except Exception:
+        except ObjectNotFound:
             raise NotFoundError(f"no flow run {run_id}") from None
         if run.state_type != StateType.PAUSED:
             raise DRError(f"flow run {run_id} is not waiting for approval (it is {run.state_name})")

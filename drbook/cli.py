@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -445,26 +445,56 @@ def result_table(title: str, results: list[dict]) -> None:
     ], ["machine", "vm", "ip", "point", "consistency", "RPO", "RTO", "verified"])
 
 
-def run_cli(command: typer.Typer, errors: Console) -> None:
-    """Run a Typer app with drbook's exit-code contract: a DRError is one line on stderr and
-    its exit_code; usage errors are click's (2); Ctrl-C is 130. The lab's CLI uses it too."""
+def run_cli(command: typer.Typer, errors: Console, args: list[str] | None = None) -> None:
+    """Run a Typer app with drbook's exit-code contract: one line on stderr and a documented
+    code. A DRError exits with its exit_code; a usage error 2; an unreachable Prefect API 1;
+    Ctrl-C 130. The lab's CLI uses it too.
+
+    Typer bundles its own click (typer._click): its exceptions are not the `click` package's,
+    and with standalone_mode=False a typer.Exit comes back as the call's return value."""
+    import httpx
     from prefect.exceptions import ParameterTypeError
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
     try:
-        command(standalone_mode=False)
+        code = command(args=args, standalone_mode=False)
     except DRError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
+        errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
     except ParameterTypeError as exc:  # a flow refused its parameters before running
-        errors.print(f"[red]error:[/red] invalid parameters: {' '.join(str(exc).split())}")
+        errors.print(f"[red]error:[/red] invalid parameters: {' '.join(str(exc).split())}", soft_wrap=True)
         raise SystemExit(2) from None
-    except click.exceptions.Exit as exc:
+    except NoArgsIsHelpError as exc:  # the help is already on stdout
         raise SystemExit(exc.exit_code) from None
-    except click.ClickException as exc:
-        exc.show()
+    except UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        errors.print(f"error: {exc.format_message()}{hint}", soft_wrap=True, markup=False, highlight=False)
         raise SystemExit(exc.exit_code) from None
-    except click.exceptions.Abort:
+    except ClickException as exc:
+        errors.print(f"error: {exc.format_message()}", soft_wrap=True, markup=False, highlight=False)
+        raise SystemExit(exc.exit_code) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except (typer.Abort, KeyboardInterrupt):
         raise SystemExit(130) from None
+    except httpx.HTTPError as exc:  # the Prefect API (the only HTTP drbook's CLI speaks outside adapters)
+        errors.print(f"[red]error:[/red] cannot reach the Prefect API at {_prefect_url()}: "
+                     f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no answer'}", soft_wrap=True)
+        raise SystemExit(1) from None
+    except Exception as exc:  # a bug, or a library error an adapter did not translate
+        if os.environ.get("DRBOOK_DEBUG"):
+            raise
+        errors.print(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+                     "(DRBOOK_DEBUG=1 shows the traceback)", soft_wrap=True, markup=False, highlight=False)
+        raise SystemExit(1) from None
+    if isinstance(code, int) and not isinstance(code, bool):
+        raise SystemExit(code)
+
+
+def _prefect_url() -> str:
+    from prefect.settings import get_current_settings
+
+    return str(get_current_settings().api.url or "(no PREFECT_API_URL)")
 
 
 def main() -> None:
