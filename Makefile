@@ -8,7 +8,7 @@ setup:
 	@bash lab/setup.sh
 
 test: setup
-	@$(PY) -m pytest $(PYTEST_ARGS)
+	@bash tests/run.sh $(PYTEST_ARGS)
 
 demo: setup
 	@$(PY) -m lab.demo

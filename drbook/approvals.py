@@ -39,6 +39,7 @@ def waiting_approvals() -> list[dict]:
                 "machines": ", ".join(params.get("machines") or []),
                 "planned": params.get("planned"),
                 "point": params.get("point"),
+                "site_path": params.get("site_path"),  # None: the deployment's worker site
                 "since": r.state.timestamp.isoformat() if r.state and r.state.timestamp else None,
             })
     return rows

@@ -186,6 +186,8 @@ class FailoverRecord(Doc):
     comment: str | None = None
     started: dt.datetime = Field(default_factory=utcnow)
     finished: dt.datetime | None = None
-    status: Literal["awaiting-approval", "rejected", "running", "succeeded", "rolled-back", "committed"] = "awaiting-approval"
+    # failed: stopped after the approval and before anything was built in Azure (report.error says why)
+    status: Literal["awaiting-approval", "rejected", "running", "failed", "succeeded", "rolled-back",
+                    "committed"] = "awaiting-approval"
     vms: list[AzureVmRef] = []
     report: dict = {}

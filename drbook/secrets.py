@@ -3,15 +3,21 @@
     env:NAME        an environment variable
     file:PATH       a file readable only by its owner (the lab writes these)
     prefect:NAME    a Prefect Secret block
+
+Loading a site config (drbook.config.load_site) checks `file:` references: the file exists
+and is private to its owner, as ssh requires of a private key. `env:` and `prefect:`
+references are resolved only when a secret is used.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 from pydantic import AfterValidator, SecretStr
+from pydantic.fields import FieldInfo
 
 from drbook.errors import SecretError
 
@@ -29,7 +35,35 @@ def _check_ref(value: str) -> str:
     return value
 
 
-SecretRef = Annotated[str, AfterValidator(_check_ref)]
+_REF_CHECK = AfterValidator(_check_ref)
+SecretRef = Annotated[str, _REF_CHECK]
+
+
+def is_secret_field(info: FieldInfo) -> bool:
+    """Whether a model field holds a SecretRef (`SecretRef` or `SecretRef | None`)."""
+    return _REF_CHECK in info.metadata or SecretRef in get_args(info.annotation)
+
+
+def private_file_problem(path: Path) -> str | None:
+    """Why a file cannot hold a secret (missing, not a file, open to others); None if it can."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as exc:
+        return f"{path} cannot be read ({exc.strerror})"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a file"
+    if mode & 0o077:
+        return (f"{path} is open to group or others (mode {stat.S_IMODE(mode):04o}); a secret must be private "
+                f"to its owner, as ssh requires of a key: chmod 600 {path}")
+    return None
+
+
+def secret_file_problem(ref: str) -> str | None:
+    """private_file_problem of a `file:` reference's file; None for other schemes (resolved when used)."""
+    scheme, _, name = ref.partition(":")
+    return private_file_problem(Path(name)) if scheme == "file" else None
 
 
 def resolve_secret(ref: str) -> SecretStr:

@@ -47,9 +47,14 @@ class Site:
 
     @cached_property
     def encryption_key(self) -> bytes:
-        from drbook.secrets import resolve_secret
+        """The 32-byte AES-256 key; a SecretError names the file and field, never the key."""
+        from drbook.errors import SecretError
+        from drbook.replication.segments import site_key
 
-        return bytes.fromhex(resolve_secret(self.cfg.azure.encryption_key).get_secret_value())
+        try:
+            return site_key(self.cfg)
+        except SecretError as exc:
+            raise SecretError(f"{self.path}: azure.encryption_key: {exc}") from None
 
     def shell_for(self, machine: MachineConfig):
         from drbook.adapters.shell import shell_for

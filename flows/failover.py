@@ -18,10 +18,11 @@ from prefect.transactions import transaction
 from drbook import state as statelib
 from drbook.errors import ApprovalRejected
 from drbook.failover import approval as approvallib
+from drbook.failover import outcome
 from drbook.failover import points as pointlib
 from drbook.failover.commit import CommitResult, commit_item, require_committable
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery, taken_ips
-from drbook.models import AuditEntry, AzureVmRef, FailoverRecord, ItemState, utcnow
+from drbook.models import AuditEntry, AzureVmRef, FailoverRecord, utcnow
 from drbook.report import markdown, table_rows, write_html
 from drbook.site import open_site
 from drbook.tasks.policy import ONCE
@@ -100,41 +101,47 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
         started = time.monotonic()
         approved_at = utcnow()
 
-        steps = pointlib.failover_steps(planned, point)
-        if steps.stop_applications:
-            for m in machines:
-                source_tasks.quiesce_for_shutdown(sp, m)
-        finals = replication_tasks.final_cycles(sp, machines) if steps.final_cycle else []
-        if steps.final_cycle_required:
-            chosen = pointlib.require_final_points(machines, finals)
-        else:
-            chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items}, point)
-        if steps.shut_down_sources:
-            for m in machines:
-                source_tasks.shut_down_source(sp, m)
-        rg = site.cfg.azure.resource_group
-        sizes = offered_sizes(site.azure, site.cfg.azure.location)
-        plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="failover", resource_group=rg,
-                              sizes=sizes, taken=taken_ips(site.azure, rg))
+        try:
+            # Decide again under the leases: the states read before the pause may have moved.
+            items = [site.vault.item(m) for m in machines]
+            for item in items:
+                statelib.require(item, "failover")
+            steps = pointlib.failover_steps(planned, point)
+            if steps.stop_applications:
+                for m in machines:
+                    source_tasks.quiesce_for_shutdown(sp, m)
+            finals = replication_tasks.final_cycles(sp, machines) if steps.final_cycle else []
+            if steps.final_cycle_required:
+                chosen = pointlib.require_final_points(machines, finals)
+            else:
+                chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items},
+                                       point)
+            if steps.shut_down_sources:
+                for m in machines:
+                    source_tasks.shut_down_source(sp, m)
+            rg = site.cfg.azure.resource_group
+            sizes = offered_sizes(site.azure, site.cfg.azure.location)
+            plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="failover", resource_group=rg,
+                                  sizes=sizes, taken=taken_ips(site.azure, rg))
+        except BaseException as exc:
+            outcome.update_record(site.vault, run_id, status="failed", finished=utcnow(),
+                                  report={"error": f"{type(exc).__name__}: {exc}", "built": "nothing was built in Azure"})
+            raise
+        moved: list[str] = []
         try:
             with transaction():
                 rows = parallel(lambda p: build_machine(sp, p, chosen[p.item].consistency, started, approved_at), plans)
+            for row in rows:
+                outcome.mark_failed_over(site.vault, row, run_id)
+                moved.append(row.item)
         except BaseException:
+            # Completes or rolls back: the items already moved go back (rollback-failover), then
+            # every resource of this run is swept.
+            reverted = [outcome.roll_back(site.vault, name, run_id) for name in moved]
             swept = azure_tasks.sweep_run(sp, run_id)
-            site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
-                "status": "rolled-back", "finished": utcnow(), "report": {"swept": swept}}))
+            outcome.update_record(site.vault, run_id, status="rolled-back", finished=utcnow(),
+                                  report={"swept": swept, "reverted": reverted})
             raise
-        for row in rows:
-            ref = AzureVmRef(machine=row.machine, resource_group=row.resource_group, vm_name=row.vm_name,
-                             disks=row.disks, nics=[row.nic], ip=row.ip)
-
-            def mutate(item, ref=ref, row=row):
-                item.failover_run_id = run_id
-                item.failover_point_id = row.point_id
-                item.azure_vms = [ref]
-
-            site.vault.transition(row.item, ItemState.FAILED_OVER, flow_run_id=run_id,
-                                  reason=f"failover to point {row.point_id}", mutate=mutate)
         finished = utcnow()
         html = write_html(site.path.parent / "reports" / f"failover-{run_id}.html", kind="failover", run_label=run_id,
                           rows=rows, resource_group=rg, started=record.started.isoformat(),

@@ -26,10 +26,16 @@ SERVICE_FIXTURES = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
+        # `make test` runs with `-n 2 --dist loadgroup` (tests/run.sh): a module's tests build
+        # on each other (module-scoped sites), so a module stays on one worker unless it names
+        # a group it shares with other modules (ones whose workload writers use the same machine).
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,7 +51,8 @@ def lab_control():
 
     lab = Lab(_SPEC)
     already = lab.services()
-    lab.up()
+    if not all(already.values()):  # up already (tests/run.sh brings it up once for every worker)
+        lab.up()
     with _lab_schedules_paused():
         yield lab
     if not os.environ.get("DRBOOK_KEEP_LAB") and not all(already.values()):

@@ -101,14 +101,16 @@ def run_in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
-def wait_for_paused_run(machines: list[str], timeout: float = 60) -> str:
+def wait_for_paused_run(machines: list[str], site_path: str, timeout: float = 60) -> str:
+    """The paused run of exactly these machines of this site (the lab's Prefect server is
+    shared: other sites' runs of the same machines may wait too)."""
     from drbook.approvals import waiting_approvals
 
     want = ", ".join(machines)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for row in waiting_approvals():
-            if row["machines"] == want:
+            if row["machines"] == want and row["site_path"] == site_path:
                 return row["run_id"]
         time.sleep(0.2)
-    raise AssertionError(f"no paused run for {want}")
+    raise AssertionError(f"no paused run for {want} of {site_path}")

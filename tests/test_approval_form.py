@@ -164,7 +164,7 @@ def test_drbook_approve_with_a_point_that_is_not_a_choice_is_refused_and_the_run
     enable_replication_flow(["db01"], site_path=site_path)
     thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=120,
                                 site_path=site_path)
-    run_id = wait_for_paused_run(["db01"])
+    run_id = wait_for_paused_run(["db01"], site_path)
     try:
         with pytest.raises(DRError, match="not a recovery point this run offers"):
             answer(run_id, approve=True, approver="tester", point="pt-20990101000000-ffffffff")

@@ -19,7 +19,7 @@ from drbook.flows.replication import enable_replication_flow
 from lab.workload import paused_seq
 from tests.lab_site import start_writer
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.serial]  # kills Azurite, an sshd, the process server
 
 ITEM = "app02"  # one 128 MiB disk: the smallest lab machine keeps this module quick
 

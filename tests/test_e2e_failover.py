@@ -20,7 +20,8 @@ from drbook.errors import ApprovalRejected, LeaseHeldError, StateTransitionError
 from drbook.approvals import answer
 from drbook.failover.build import resources_of_run
 from drbook.failover.prepare import isolation_nsg_name, isolated_vnet_name
-from drbook.models import ItemState
+from drbook.models import FailoverRecord, ItemState
+from drbook.vault import failover_key
 from drbook.flows.failover import commit_flow, failover_flow
 from drbook.flows.prepare_azure import prepare_azure_flow
 from drbook.flows.replication import enable_replication_flow, replicate_flow
@@ -28,7 +29,7 @@ from drbook.flows.drill import drill_cleanup_flow, drill_flow
 from lab.workload import paused_seq
 from tests.lab_site import arm, run_in_thread, sdk, site, start_writer, wait_for_paused_run  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.serial]  # faults in the lab's ARM emulator; stops sshd-db01
 
 
 def _disk_bytes(site, sdk, rg: str, name: str, size: int) -> bytes:
@@ -128,10 +129,20 @@ def test_drill_of_an_older_point_brings_up_that_point_and_cleanup_leaves_nothing
     assert sdk.resource.resource_groups.check_existence(vm["resource_group"]) is False
 
 
+def _everything(sdk, site, machines=("db01",)) -> dict:
+    """What a failover may change: the items, their points, every resource in the group."""
+    rg = site.cfg.azure.resource_group
+    return {
+        "items": {m: site.vault.item(m).model_dump(exclude={"updated", "etag"}) for m in machines},
+        "points": {m: sorted(p.id for p in site.engine.points.points(m)) for m in machines},
+        "resources": sorted(r.id for r in sdk.resource.resources.list_by_resource_group(rg)),
+    }
+
+
 def test_rejected_or_unanswered_approval_changes_nothing(sdk, site, site_path):
-    before_item = site.vault.item("db01")
+    before = _everything(sdk, site)
     thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60, site_path=site_path)
-    run_id = wait_for_paused_run(["db01"])
+    run_id = wait_for_paused_run(["db01"], site_path)
     # As a person would: list what waits, then reject it.
     waiting = json.loads(_cli("approvals", "--json").stdout)
     assert any(w["run_id"] == run_id and w["flow"] == "failover" and w["machines"] == "db01" for w in waiting)
@@ -139,17 +150,18 @@ def test_rejected_or_unanswered_approval_changes_nothing(sdk, site, site_path):
     thread.join(60)
     assert isinstance(out.get("error"), ApprovalRejected)
     assert resources_of_run(site.azure, run_id) == []
+    assert _everything(sdk, site) == before
 
     thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=2, site_path=site_path)
     thread.join(60)
     assert isinstance(out.get("error"), ApprovalRejected) and "in time" in str(out["error"])
-    assert site.vault.item("db01").state == before_item.state == ItemState.PROTECTED
-    assert list(sdk.compute.virtual_machines.list(site.cfg.azure.resource_group)) == []
+    assert site.vault.item("db01").state == ItemState.PROTECTED
+    assert _everything(sdk, site) == before
 
 
 def test_a_second_failover_of_a_machine_is_refused_while_one_runs(site_path):
     thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60, site_path=site_path)
-    run_id = wait_for_paused_run(["db01"])
+    run_id = wait_for_paused_run(["db01"], site_path)
     try:
         with pytest.raises(LeaseHeldError):
             failover_flow(["db01"], point="latest-processed", approval_timeout=5, site_path=site_path)
@@ -159,22 +171,61 @@ def test_a_second_failover_of_a_machine_is_refused_while_one_runs(site_path):
 
 
 def test_failed_provisioning_rolls_back_with_nothing_leaked(sdk, site, site_path, arm):
+    before = _everything(sdk, site)
     arm.inject_fault("Microsoft.Compute/virtualMachines/write", fail_provisioning=1, error_code="OSProvisioningTimedOut",
                      error_message="lab: provisioning failed")
     try:
         thread, out = run_in_thread(failover_flow, ["db01"], point="latest-processed", approval_timeout=60,
                                     site_path=site_path)
-        run_id = wait_for_paused_run(["db01"])
+        run_id = wait_for_paused_run(["db01"], site_path)
         answer(run_id, approve=True, approver="tester")
         thread.join(180)
     finally:
         arm.clear_faults()
-    assert "error" in out, "the failover must fail when the VM cannot be provisioned"
+    # the injected fault fired, and it is what failed the failover
+    assert "OSProvisioningTimedOut" in str(out.get("error")) or "provisioning failed" in str(out.get("error")), out
     assert resources_of_run(site.azure, run_id) == []
     rg = site.cfg.azure.resource_group
+    assert list(sdk.compute.virtual_machines.list(rg)) == []
     assert list(sdk.compute.disks.list_by_resource_group(rg)) == []
     assert list(sdk.network.network_interfaces.list(rg)) == []
-    assert site.vault.item("db01").state == ItemState.PROTECTED
+    assert _everything(sdk, site) == before
+    assert site.vault.get(failover_key(run_id), FailoverRecord).status == "rolled-back"
+
+
+def test_a_failure_after_the_build_moves_the_moved_items_back_and_sweeps_every_vm(sdk, site, site_path, monkeypatch):
+    """The second machine's move to failed-over fails after both VMs were built: the first
+    machine's move is undone (rollback-failover) and every resource of the run is swept."""
+    from drbook.failover import outcome
+
+    machines = ("app01", "app02")
+    before = _everything(sdk, site, machines)
+    real = outcome.mark_failed_over
+    calls = []
+
+    def second_fails(vault, row, run_id):
+        calls.append(row.item)
+        if len(calls) == 2:
+            raise StateTransitionError(f"injected: {row.item} cannot move")
+        return real(vault, row, run_id)
+
+    monkeypatch.setattr(outcome, "mark_failed_over", second_fails)
+    # `latest`: the sources answer, so a final cycle of the group makes the shared point
+    thread, out = run_in_thread(failover_flow, list(machines), point="latest", approval_timeout=60,
+                                site_path=site_path)
+    run_id = wait_for_paused_run(list(machines), site_path)
+    answer(run_id, approve=True, approver="tester")
+    thread.join(300)
+    assert "injected" in str(out.get("error")) and len(calls) == 2, out
+    assert resources_of_run(site.azure, run_id) == []
+    assert list(sdk.compute.virtual_machines.list(site.cfg.azure.resource_group)) == []
+    after = _everything(sdk, site, machines)
+    assert {m: i["state"] for m, i in after["items"].items()} == {m: ItemState.PROTECTED for m in machines}
+    # the final cycle's shared point stays (a failover deletes no point); nothing else changed
+    assert all(set(before["points"][m]) <= set(after["points"][m]) for m in machines)
+    assert after["resources"] == before["resources"]
+    record = site.vault.get(failover_key(run_id), FailoverRecord)
+    assert record.status == "rolled-back" and record.report["reverted"] == [calls[0]]
 
 
 def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_commits(
@@ -188,7 +239,7 @@ def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_c
     try:
         thread, out = run_in_thread(failover_flow, ["db01"], point="latest", approval_timeout=60,
                                     site_path=site_path)
-        run_id = wait_for_paused_run(["db01"])
+        run_id = wait_for_paused_run(["db01"], site_path)
         answer(run_id, approve=True, approver="tester", comment="go")
         thread.join(300)
     finally:
@@ -214,7 +265,7 @@ def test_planned_failover_of_a_group_loses_no_write(sdk, lab, site, site_path, t
         time.sleep(1.5)
         thread, out = run_in_thread(failover_flow, ["app01", "app02"], planned=True, approval_timeout=60,
                                     site_path=site_path)
-        run_id = wait_for_paused_run(["app01", "app02"])
+        run_id = wait_for_paused_run(["app01", "app02"], site_path)
         answer(run_id, approve=True, approver="tester")
         thread.join(300)
         assert "result" in out, f"planned failover failed: {out.get('error')!r}"

@@ -22,6 +22,9 @@ from lab.errors import LabError
 from lab.control import Lab
 from lab.spec import load_spec
 
+# test_the_workload_log_reproduces_a_machine_disk_exactly writes app02's disk.
+pytestmark = pytest.mark.xdist_group("app-writers")
+
 STATUS_SHAPE = {
     "lab_dir": str,
     "ca_bundle": str,
@@ -140,6 +143,7 @@ def test_prefect_server_answers(lab):
         assert json.loads(r.read()) is True
 
 
+@pytest.mark.serial  # kills the shared Azurite
 def test_lab_up_is_idempotent_and_restarts_what_died(lab_control):
     azurite = lab_control.managed("azurite")
     pid = azurite.pid()

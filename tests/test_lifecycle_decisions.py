@@ -58,6 +58,16 @@ def test_replication_refuses_what_it_cannot_cycle_before_anything_runs():
         select_for_replication(ITEMS, ["nope"])
 
 
+@pytest.mark.parametrize("kept", [None, "gone"])
+def test_commit_without_its_failed_over_point_among_the_points_decides_nothing(kept):
+    """A record without the failed-over point (or naming a point that is gone) would make
+    commit delete every point: refused before anything is deleted."""
+    from drbook.errors import StateTransitionError
+
+    with pytest.raises(StateTransitionError, match="nothing was deleted"):
+        commit_reasons([_p("a"), _p("b", minutes=5)], kept)
+
+
 def test_commit_keeps_only_the_failed_over_point():
     reasons = commit_reasons([_p("a"), _p("b", minutes=5), _p("c", minutes=10)], "b")
     assert reasons["b"].startswith("keep")

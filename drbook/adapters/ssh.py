@@ -2,7 +2,8 @@
 
 Only this module sees paramiko. Every library exception is mapped by `_error_table` at the
 boundary into drbook's tree, so callers decide on `HostKeyError` / `AuthenticationError`
-(never retried) versus `ConnectError` (retried).
+(never retried) versus `ConnectError` (retried). Reading known_hosts, before any connection,
+has its own mapping (`_load_known_hosts`): whatever paramiko raises there is a HostKeyError.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import paramiko
 from drbook.adapters.shell import CommandResult
 from drbook.config import MachineConfig
 from drbook.errors import AuthenticationError, CommandTimeout, ConnectError, DRError, HostKeyError, RemoteExecError
-from drbook.secrets import resolve_secret
+from drbook.secrets import private_file_problem, resolve_secret
 
 # The receive window bounds throughput at window / round-trip time: paramiko's default
 # (2 MiB) caps a 10 ms link at ~200 MB/s. 16 MiB allows ~1.6 GB/s there, and bounds what a
@@ -228,11 +229,26 @@ class SshShell:
             raise HostKeyError(f"{m.name}: known_hosts {m.known_hosts} does not exist; refusing to connect. To fix: {hint}")
         return Path(m.known_hosts)
 
+    def _load_known_hosts(self, client: paramiko.SSHClient) -> None:
+        path = self._known_hosts()
+        try:
+            client.load_host_keys(str(path))
+        except OSError as exc:
+            raise HostKeyError(
+                f"{self.machine.name}: cannot read known_hosts {path} ({exc.strerror}); refusing to connect"
+            ) from exc
+        except Exception as exc:  # a malformed line: paramiko's InvalidHostKey, ValueError, UnicodeDecodeError ...
+            raise HostKeyError(
+                f"{self.machine.name}: known_hosts {path} is malformed ({type(exc).__name__}); refusing to connect. "
+                f"Each line is `host key-type base64-key`; `ssh-keygen -l -f {path}` lists the keys it can read"
+            ) from exc
+
     def _credentials(self) -> dict:
         m = self.machine
         if m.key_file is not None:
-            if not Path(m.key_file).is_file():
-                raise AuthenticationError(f"{m.name}: key file {m.key_file} does not exist")
+            # As ssh does: a private key others can read is refused.
+            if problem := private_file_problem(Path(m.key_file)):
+                raise AuthenticationError(f"{m.name}: key file {problem}")
             return {"key_filename": str(m.key_file)}
         if m.password is not None:
             return {"password": resolve_secret(m.password).get_secret_value()}
@@ -245,7 +261,7 @@ class SshShell:
                 return self._client  # type: ignore[return-value]
             m = self.machine
             client = paramiko.SSHClient()
-            client.load_host_keys(str(self._known_hosts()))
+            self._load_known_hosts(client)
             client.set_missing_host_key_policy(_RejectUnknownHost(m))
             try:
                 with map_ssh_errors(m):

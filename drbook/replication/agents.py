@@ -123,7 +123,7 @@ def _stderr(run: ItemRun) -> str:
 def _receive(run: ItemRun) -> None:
     """Read frames until the trailer; record (not raise) the error for the caller."""
     try:
-        reader = p.FrameReader(run.proc.stdout)
+        reader = p.FrameReader(run.proc.stdout, layout=run.receiver.layout)
         done = False
         for kind, payload in reader:
             run.last_activity = time.monotonic()

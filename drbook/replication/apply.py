@@ -74,7 +74,8 @@ def _apply(storage: CycleStorage, marker: cy.CommitMarker, spool: cy.Spool | Non
         if spool is not None:
             raw = spool.get(seg.seq)
         else:
-            raw = segments.open_segment(storage.cache.get(seg.name), storage.key, name, marker.cycle_id, seg.seq)
+            raw = segments.open_segment(storage.cache.get(seg.name), storage.key, name, marker.cycle_id, seg.seq,
+                                          raw_bytes=seg.raw_bytes)
         plans = cy.plan_segment(raw)
         for disk, plan in plans.items():
             blob = replica_blob_name(name, disk)
@@ -96,7 +97,7 @@ def _record(storage: CycleStorage, marker: cy.CommitMarker, snapshots: dict[str,
     prefix = cy.cycle_prefix(name, marker.cycle_id)
     disks = []
     for d in marker.disks:
-        manifest = Manifest.from_bytes(storage.cache.get(d.manifest), what=d.manifest)
+        manifest = Manifest.from_bytes(storage.cache.get(d.manifest), what=d.manifest, disk_size=d.size)
         key = points.put_manifest(name, marker.point_id, d.name, manifest)
         if d.submap:
             with contextlib.suppress(NotFoundError):

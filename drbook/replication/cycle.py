@@ -7,6 +7,7 @@ drbook.replication.staging and .apply wire these to blobs and the vault.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import tempfile
 import threading
 from collections.abc import Callable
@@ -19,11 +20,17 @@ from drbook.config import CycleConfig, SiteConfig
 from drbook.errors import ProtocolError, ReplicationError
 from drbook.models import ProtectedDisk
 from drbook.replication import protocol as p
-from drbook.replication.manifest import Manifest, SubMap
+from drbook.replication.manifest import MAX_DISK, Manifest, SubMap, block_length, sub_hashes
 from drbook.replication.protocol import Layout
 
 MAX_PAGE_WRITE = 4 * 1024 * 1024
 PAGE = 512
+# A disk may grow between cycles (it is then resynced whole, DESIGN.md section 2): to twice
+# the largest size the process server knows of it (vault, last manifest, site config), or
+# by GROWTH_MIN when it is small. Its maps cost 32 bytes plus the sub-block hashes per block,
+# so a source that claimed more would choose the process server's memory.
+GROWTH_MIN = 1024 ** 3
+MAX_ERRORS = 16
 MARKER = "COMMITTED"
 SNAPSHOTS = "SNAPSHOTS"
 
@@ -256,6 +263,7 @@ class DiskCycle:
     old: Manifest | None
     old_subs: SubMap | None
     force_resync: bool = False
+    configured_size: int = 0  # the site config's size_bytes of the disk (0: not set)
     direct: bool = False
     size: int = 0
     resync: bool = False
@@ -267,12 +275,14 @@ class DiskCycle:
     bytes_sent: int = 0
     read: int = 0
     ended: bool = False
+    received: "BlockSet | None" = None
 
-    def request_maps(self) -> tuple[bytes, bytes]:
+    def request_maps(self) -> tuple[bytes | bytearray, bytes | bytearray]:
+        """The maps to send the agent: the old maps themselves, not copies (a 1 TiB disk's are 2.5 GiB)."""
         if self.old is None or self.force_resync:
             return b"", b""
         subs = self.old_subs.hashes if self.old_subs is not None and self.old_subs.disk_size == self.old.disk_size else b""
-        return bytes(self.old.hashes), bytes(subs)
+        return self.old.hashes, subs
 
     def request_disk(self) -> dict:
         return {"name": self.disk.name, "path": self.disk.path,
@@ -282,11 +292,26 @@ class DiskCycle:
     def sub_rebuild(self) -> bool:
         return self.layout.sub_on and self.old is not None and not self.force_resync and self.request_maps()[1] == b""
 
+    def size_bound(self) -> tuple[int, str]:
+        """The most bytes the agent may say this disk has, and why."""
+        known = max(self.disk.size_bytes, self.configured_size, self.old.disk_size if self.old is not None else 0)
+        if known <= 0:
+            return MAX_DISK, "the largest disk a replica page blob holds; its size is not known yet"
+        return min(MAX_DISK, max(2 * known, known + GROWTH_MIN)), f"the growth allowed from its known size of {known} bytes"
+
     def start(self, doc: dict) -> None:
-        self.size = int(doc["size"])
+        """Take the agent's disk frame (types checked by protocol.parse_json); the size is
+        checked against size_bound before any map is allocated."""
+        size = int(doc["size"])
+        bound, why = self.size_bound()
+        if not 0 < size <= bound:
+            raise ProtocolError(f"disk {self.disk.name}: the agent's disk frame claims {size} bytes; at most {bound} are "
+                                f"accepted ({why}). If the disk really is that large, set its size_bytes in the site config")
+        self.size = size
         self.resync = bool(doc.get("resync"))
         self.reason = doc.get("reason")
         lay = self.layout
+        self.received = BlockSet(lay.blocks(size))
         if self.resync or self.old is None:
             self.manifest = Manifest.zeros(self.size, lay.block_size)
             self.subs = SubMap.zeros(self.size, lay) if lay.sub_on else None
@@ -300,6 +325,73 @@ class DiskCycle:
                 self.subs = SubMap(self.size, lay, self.old_subs.hashes)
             else:  # rebuilt from the agent's S and B frames
                 self.subs = SubMap.zeros(self.size, lay)
+
+    def receive(self, first: int, count: int) -> None:
+        """Blocks first..first+count-1 arrived (as data or as zeros): each may come once."""
+        p.check_range(self.disk.name, self.size, self.layout, first, count)
+        if self.received is not None and not self.received.add(first, count):
+            raise ProtocolError(f"disk {self.disk.name}: blocks {first}+{count} arrived a second time")
+
+    def missing(self) -> int:
+        """Blocks the agent did not account for (a resync must send every one, as data or zeros)."""
+        blocks = self.layout.blocks(self.size)
+        return blocks - (self.received.count if self.received is not None else 0)
+
+
+class BlockSet:
+    """Which blocks of a disk arrived in this cycle: a bit each (a 1 TiB disk of 64 KiB blocks: 2 MiB)."""
+
+    def __init__(self, blocks: int) -> None:
+        self.bits = bytearray(-(-blocks // 8))
+        self.count = 0
+
+    def add(self, first: int, count: int) -> bool:
+        """Mark the range; False (nothing marked) when any of it was marked already."""
+        end = first + count
+        lo, hi = -(-first // 8), end // 8  # the whole bytes inside the range
+        if lo >= hi:
+            singles, lo, hi = list(range(first, end)), 0, 0
+        else:
+            singles = [*range(first, lo * 8), *range(hi * 8, end)]
+        if self.bits.count(0, lo, hi) != hi - lo or any(self.bits[i >> 3] >> (i & 7) & 1 for i in singles):
+            return False
+        self.bits[lo:hi] = b"\xff" * (hi - lo)
+        for i in singles:
+            self.bits[i >> 3] |= 1 << (i & 7)
+        self.count += count
+        return True
+
+
+def verify_block(disk: str, disk_size: int, layout: Layout, b: p.Block, held: bytes | None) -> bytes:
+    """Hash what arrived as the agent hashed it (agent.Hasher) before any of it is kept;
+    the block's sub-block hashes to record (b"" without sub-blocks).
+
+    A whole block: its SHA-256 and its sub-block hashes. A partial block: each sent
+    sub-block against its hash; the hashes of the sub-blocks not sent stay those `held` for
+    the replica. The SHA-256 of a partial block covers bytes the process server does not
+    have at hand: it is taken as sent, and a wrong one makes the next cycle send the block."""
+    where = f"disk {disk}: block {b.index} (offset {b.index * layout.block_size})"
+    if b.mask == layout.full_mask:
+        if hashlib.sha256(b.data).digest() != b.digest:
+            raise ProtocolError(f"{where}: the data received does not match its SHA-256; the cycle is not applied")
+        if layout.sub_on and sub_hashes(b.data, layout) != b.sub_hashes:
+            raise ProtocolError(f"{where}: the data received does not match its sub-block hashes; the cycle is not applied")
+        return b.sub_hashes
+    if held is None:
+        raise ProtocolError(f"{where}: a partial block, but the process server holds no sub-block map")
+    length = block_length(b.index, disk_size, layout.block_size)
+    sbs, shl = layout.sub_block_size, layout.sub_hash_len
+    record = bytearray(held)
+    pos = 0
+    for i in range(layout.nsub):
+        if b.mask >> i & 1 and i * sbs < length:
+            piece = b.data[pos:pos + min(sbs, length - i * sbs)]
+            pos += len(piece)
+            digest = hashlib.sha256(piece).digest()[:shl]
+            if digest != b.sub_hashes[i * shl:(i + 1) * shl]:
+                raise ProtocolError(f"{where}: sub-block {i} received does not match its hash; the cycle is not applied")
+            record[i * shl:(i + 1) * shl] = digest
+    return bytes(record)
 
 
 class Receiver:
@@ -334,7 +426,7 @@ class Receiver:
         elif kind == p.SUBS:
             d = self._disk()
             index, subs = p.parse_subs(payload, self.layout)
-            self._check_index(d, index, 1)
+            p.check_range(d.disk.name, d.size, self.layout, index, 1)
             if d.subs is not None:
                 d.subs[index] = subs
         elif kind == p.PROGRESS_FRAME:
@@ -354,7 +446,9 @@ class Receiver:
             self.frozen_at_server = dt.datetime.now(dt.timezone.utc)
             self.frozen_event.set()
         elif kind == p.ERROR:
-            self.errors.append(p.parse_json(kind, payload))
+            error = p.parse_json(kind, payload)
+            if len(self.errors) < MAX_ERRORS:  # the first is the one reported; a source must not fill memory with more
+                self.errors.append(error)
         elif kind == p.TRAILER:
             self.trailer = p.parse_json(kind, payload)
             return True
@@ -369,11 +463,6 @@ class Receiver:
         if self.current is None:
             raise ProtocolError("a block frame came outside a disk")
         return self.current
-
-    def _check_index(self, d: DiskCycle, first: int, count: int) -> None:
-        blocks = self.layout.blocks(d.size)
-        if first < 0 or count < 1 or first + count > blocks:
-            raise ProtocolError(f"disk {d.disk.name}: blocks {first}+{count} are outside its {blocks} blocks")
 
     def _disk_start(self, doc: dict) -> None:
         if self.current is not None:
@@ -399,17 +488,14 @@ class Receiver:
     def _block(self, payload: bytes) -> None:
         d = self._disk()
         b = p.parse_block(payload, self.layout)
-        self._check_index(d, b.index, 1)
-        if not b.mask or b.mask & ~self.layout.full_mask:
-            raise ProtocolError(f"disk {d.disk.name}: block {b.index} has an invalid sub-block mask {b.mask:#x}")
-        want = sum(n for _, n in self.layout.runs(b.index, b.mask, d.size))
-        if len(b.data) != want:
-            raise ProtocolError(f"disk {d.disk.name}: block {b.index} carries {len(b.data)} bytes, its mask needs {want}")
+        p.check_block(d.disk.name, d.size, self.layout, b)
         if b.mask != self.layout.full_mask and d.resync:
             raise ProtocolError(f"disk {d.disk.name}: a partial block in a resync")
+        subs = verify_block(d.disk.name, d.size, self.layout, b, d.subs[b.index] if d.subs is not None else None)
+        d.receive(b.index, 1)
         d.manifest[b.index] = b.digest
-        if d.subs is not None and b.sub_hashes:
-            d.subs[b.index] = b.sub_hashes
+        if d.subs is not None and subs:
+            d.subs[b.index] = subs
         d.changed += 1
         d.bytes_sent += len(b.data)
         self.segments.add(p.BLOCK, payload)
@@ -417,7 +503,7 @@ class Receiver:
     def _zeros(self, payload: bytes) -> None:
         d = self._disk()
         first, count = p.parse_zeros(payload)
-        self._check_index(d, first, count)
+        d.receive(first, count)
         d.manifest.set_zero(first, count)
         if d.subs is not None:
             d.subs.set_zero(first, count)
@@ -431,6 +517,8 @@ class Receiver:
                 f"disk {d.disk.name}: the agent counted {doc.get('changed')} changed / {doc.get('zero')} zero blocks, "
                 f"{d.changed} / {d.zero_blocks} arrived"
             )
+        if d.resync and d.missing():
+            raise ProtocolError(f"disk {d.disk.name}: the resync ended without {d.missing()} of its blocks")
         d.ended = True
         d.read = d.size
         self.current = None
@@ -476,9 +564,7 @@ def plan_segment(raw: bytes) -> dict[str, PagePlan]:
     size = 0
     for kind, payload in p.iter_frames(raw):
         if kind == p.DISK:
-            doc = p.parse_json(kind, payload)
-            disk, size = doc["name"], int(doc["size"])
-            layout = Layout(int(doc["block_size"]), int(doc["sub_block_size"]), int(doc["sub_hash_len"]))
+            disk, size, layout = _segment_disk(p.parse_json(kind, payload))
             runs.setdefault(disk, [])
             clears.setdefault(disk, [])
             continue
@@ -486,18 +572,30 @@ def plan_segment(raw: bytes) -> dict[str, PagePlan]:
             raise ProtocolError("a segment's blocks come before its disk frame")
         if kind == p.BLOCK:
             b = p.parse_block(payload, layout)
+            p.check_block(disk, size, layout, b)
             pos = 0
             for off, n in layout.runs(b.index, b.mask, size):
                 runs[disk].append((off, bytes(b.data[pos:pos + n])))
                 pos += n
         elif kind == p.ZERO:
             first, count = p.parse_zeros(payload)
+            p.check_range(disk, size, layout, first, count)
             start = first * layout.block_size
             end = min(size, (first + count) * layout.block_size)
             clears[disk].append((start, end - start))
         else:
             raise ProtocolError(f"unexpected frame {kind:#x} in a segment")
     return {name: _coalesce(runs[name], clears[name]) for name in runs}
+
+
+def _segment_disk(doc: dict) -> tuple[str, int, Layout]:
+    """(name, size, layout) of a segment's disk frame (written by SegmentWriter.begin_disk)."""
+    name = p.field(doc, p.DISK, "name", (str,))
+    size = p.field(doc, p.DISK, "size", (int,))
+    if not 0 < size <= MAX_DISK:
+        raise ProtocolError(f"a segment's disk frame gives disk {name} {size} bytes (at most {MAX_DISK})")
+    layout = Layout(*(p.field(doc, p.DISK, k, (int,)) for k in ("block_size", "sub_block_size", "sub_hash_len")))
+    return name, size, layout.check(f"the segment disk frame of {name}")
 
 
 def plan_segment_of_bytes(offset: int, data: bytes) -> PagePlan:

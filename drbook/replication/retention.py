@@ -20,7 +20,7 @@ from typing import Iterable
 from pydantic import BaseModel
 
 from drbook.config import ContainerNames
-from drbook.errors import NotFoundError
+from drbook.errors import NotFoundError, StateTransitionError
 from drbook.models import Policy, ProtectedItem, RecoveryPoint, utcnow
 
 
@@ -129,7 +129,13 @@ def delete_point(store, blob_service, point: RecoveryPoint) -> None:  # noqa: AN
 
 def commit_reasons(points: Iterable[RecoveryPoint], failed_over_point: str | None) -> dict[str, str]:
     """Commit makes the failed-over point final: it alone is kept, every other point goes
-    (the Azure VMs now run on its bytes; the source's later changes are not wanted)."""
+    (the Azure VMs now run on its bytes; the source's later changes are not wanted). Without
+    that point among `points` nothing is decided: every point would go."""
+    points = list(points)
+    if failed_over_point is None or failed_over_point not in {p.id for p in points}:
+        raise StateTransitionError(
+            f"commit refused: the failed-over point {failed_over_point or '(none recorded)'} is not among the "
+            f"{len(points)} recovery points, and commit keeps only that point; nothing was deleted")
     return {p.id: "keep: the point the machine failed over to" if p.id == failed_over_point
             else "purge: commit keeps only the failed-over point" for p in points}
 

@@ -26,6 +26,10 @@ SEGMENT_VERSION = 1
 NONCE_LEN = 12
 _HEAD = struct.Struct(">4sB")
 ZSTD_LEVEL = 1  # about 1.2 GB/s on incompressible data here; higher levels cost the cycle time
+# What a segment may decompress to when the caller does not know its raw size (the commit
+# marker does): far above cycle.segment_bytes (32 MiB by default) plus one block frame.
+MAX_SEGMENT = 1024 ** 3
+_CHUNK = 4 * 1024 * 1024
 
 
 class SegmentError(ReplicationError):
@@ -57,7 +61,22 @@ def seal(raw: bytes | memoryview, key: bytes, item: str, cycle_id: str, seq: int
     return _HEAD.pack(SEGMENT_MAGIC, SEGMENT_VERSION) + nonce + AESGCM(key).encrypt(nonce, packed, associated_data(item, cycle_id, seq))
 
 
-def open_segment(blob: bytes, key: bytes, item: str, cycle_id: str, seq: int) -> bytes:
+def decompress(packed: bytes | memoryview, limit: int) -> bytearray:
+    """One zstd frame, decompressed to at most `limit` bytes: a frame that would grow past
+    it (a bomb, or a header that claims more) raises ZstdError once it has, never taking
+    more memory than `limit` and one chunk; the frame header's content size is not trusted."""
+    out = bytearray()
+    with zstandard.ZstdDecompressor().stream_reader(packed) as reader:
+        while chunk := reader.read(min(_CHUNK, limit + 1 - len(out))):
+            out += chunk
+            if len(out) > limit:
+                raise zstandard.ZstdError(f"it decompresses to more than {limit} bytes")
+    return out
+
+
+def open_segment(blob: bytes, key: bytes, item: str, cycle_id: str, seq: int, *, raw_bytes: int | None = None) -> bytes:
+    """The plaintext of a sealed segment; `raw_bytes` (from the commit marker) is its size,
+    else it may be at most MAX_SEGMENT."""
     where = f"segment {seq} of cycle {cycle_id} ({item})"
     if len(blob) < _HEAD.size + NONCE_LEN + 16:
         raise SegmentError(f"{where} is truncated ({len(blob)} bytes)")
@@ -70,6 +89,9 @@ def open_segment(blob: bytes, key: bytes, item: str, cycle_id: str, seq: int) ->
     except InvalidTag:
         raise SegmentError(f"{where} failed authentication: tampered, corrupt, or sealed with another key") from None
     try:
-        return zstandard.ZstdDecompressor().decompress(packed)
+        raw = decompress(packed, MAX_SEGMENT if raw_bytes is None else raw_bytes)
     except zstandard.ZstdError as exc:
         raise SegmentError(f"{where} does not decompress: {exc}") from None
+    if raw_bytes is not None and len(raw) != raw_bytes:
+        raise SegmentError(f"{where} decompresses to {len(raw)} bytes, its commit marker says {raw_bytes}")
+    return bytes(raw)

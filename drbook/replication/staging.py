@@ -53,6 +53,7 @@ def prepare_run(storage: CycleStorage, site: SiteConfig, settings: cy.CycleSetti
     machine = site.machine(item.machine)
     layout = settings.layout
     points, replicas = storage.points, storage.replicas
+    configured = {d.name: d.size_bytes or 0 for d in machine.disks}
     disks = []
     for disk in item.disks:
         old = old_subs = None
@@ -65,7 +66,7 @@ def prepare_run(storage: CycleStorage, site: SiteConfig, settings: cy.CycleSetti
                 if old_subs is not None and (old_subs.layout != layout or old_subs.disk_size != old.disk_size):
                     old_subs = None
         disks.append(cy.DiskCycle(disk=disk, layout=layout, old=old, old_subs=old_subs,
-                                  force_resync=disk.resync_required))
+                                  force_resync=disk.resync_required, configured_size=configured.get(disk.name, 0)))
     for d in disks:
         d.direct = d.request_maps() == (b"", b"")
     unflagged = {d.disk.name: "no block map of the last point (lost manifest)"

@@ -1,0 +1,188 @@
+"""A bad site config is refused when it is loaded: a ConfigError (exit code 2) naming the
+file, the field and the reason, and never a secret's value.
+
+The corpus (tests/corpus/config/) holds one small YAML file per bad config, its first line
+a comment saying what is wrong; cases.yaml says which field drbook must name and a fragment
+of its answer. A case file replaces whole top-level sections of base.yaml; a `raw-` case is
+the whole file, as is. `$DIR` is the test's directory, where `files` writes what they name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from drbook.adapters.ssh import SshShell
+from drbook.config import MachineConfig, load_site
+from drbook.errors import AuthenticationError, ConfigError, HostKeyError, SecretError
+from drbook.site import Site
+
+CORPUS = Path(__file__).parent / "corpus" / "config"
+CASES: dict[str, dict[str, str]] = yaml.safe_load((CORPUS / "cases.yaml").read_text())
+
+# Recognizable fake secrets: the cases put them in secret fields and secret files.
+SECRET = "hunter2-FAKE-SECRET-9f3b"
+KEY_16 = "deadbeef" * 4
+KEY_24 = "deadbeef" * 6
+FAKE_SECRETS = (SECRET, "deadbeef")
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.write_text(text)
+    path.chmod(mode)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    """The files base.yaml and the cases name: good ones private to their owner, bad ones not."""
+    _write(tmp_path / "id_ed25519", "a private key\n", 0o600)
+    _write(tmp_path / "known_hosts", "", 0o644)
+    _write(tmp_path / "encryption-key", "ab" * 32 + "\n", 0o600)
+    _write(tmp_path / "storage-key", "a storage key\n", 0o600)
+    _write(tmp_path / "open-key", "a private key\n", 0o644)
+    _write(tmp_path / "open-secret", SECRET + "\n", 0o644)
+    _write(tmp_path / "key-16", KEY_16 + "\n", 0o600)
+    _write(tmp_path / "key-24", KEY_24 + "\n", 0o600)
+    _write(tmp_path / "key-not-hex", SECRET.ljust(64, "x") + "\n", 0o600)
+    return tmp_path
+
+
+def _with_dir(text: bytes, directory: Path) -> bytes:
+    return text.replace(b"$DIR", str(directory).encode())
+
+
+def base_bytes(directory: Path) -> bytes:
+    return _with_dir((CORPUS / "base.yaml").read_bytes(), directory)
+
+
+def site_bytes(case: str, directory: Path) -> bytes:
+    """The site config a case stands for."""
+    text = _with_dir((CORPUS / case).read_bytes(), directory)
+    if case.startswith("raw-"):
+        return text
+    base = yaml.safe_load(base_bytes(directory))
+    return yaml.safe_dump({**base, **yaml.safe_load(text)}, sort_keys=False).encode()
+
+
+def _site_file(directory: Path, content: bytes) -> Path:
+    path = directory / "site.yaml"
+    path.write_bytes(content)
+    return path
+
+
+def _refusal(path: Path) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        load_site(path)
+    return err.value
+
+
+def _no_secret_in(message: str) -> None:
+    for secret in FAKE_SECRETS:
+        assert secret not in message
+
+
+# -- the corpus -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_bad_site_config_is_refused_at_load_naming_file_and_field(case: str, files: Path):
+    want = CASES[case]
+    path = _site_file(files, site_bytes(case, files))
+    err = _refusal(path)
+    message = str(err)
+    assert err.exit_code == 2
+    assert message.startswith(f"{path}: "), message
+    assert want["field"] in message, message
+    assert want["expect"] in message, message
+    _no_secret_in(message)
+    no_chain = err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+    assert no_chain, "no library traceback: it may quote the file"
+
+
+def test_the_corpus_is_complete_and_says_what_each_case_is():
+    names = {p.name for p in CORPUS.glob("*.yaml")} - {"base.yaml", "cases.yaml"}
+    assert names == set(CASES)
+    assert len(names) >= 30
+    for name in names:
+        assert (CORPUS / name).read_bytes().startswith(b"# "), f"{name}: the first line says what is wrong"
+
+
+def test_the_base_config_is_valid(files: Path):
+    cfg = load_site(_site_file(files, base_bytes(files)))
+    assert [m.name for m in cfg.machines] == ["app01"] and cfg.policy().retention_hours == 24
+
+
+def test_yaml_merge_keys_may_override_what_they_merge(files: Path):
+    merged = b"policies:\n- &fast {name: fast, rpo_threshold_minutes: 5}\n- <<: *fast\n  name: default\n"
+    path = _site_file(files, base_bytes(files).replace(b"policies:\n- name: default\n", merged))
+    assert [(p.name, p.rpo_threshold_minutes) for p in load_site(path).policies] == [("fast", 5), ("default", 5)]
+
+
+# -- the file itself ----------------------------------------------------------------------------
+
+
+def test_a_directory_or_a_missing_file_is_refused_naming_it(tmp_path: Path):
+    assert str(_refusal(tmp_path)) == f"{tmp_path}: is a directory, not a YAML file"
+    assert str(_refusal(tmp_path / "nope.yaml")) == f"{tmp_path / 'nope.yaml'}: file not found"
+
+
+def test_the_cli_exits_2_naming_file_and_field(files: Path):
+    path = _site_file(files, site_bytes("secret-file-open.yaml", files))
+    env = {**os.environ, "PREFECT_HOME": str(files / "prefect")}
+    out = subprocess.run([sys.executable, "-m", "drbook.cli", "items", "--site", str(path)], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert str(path) in out.stderr and "azure.storage_key" in out.stderr and "chmod 600" in out.stderr
+    _no_secret_in(out.stdout + out.stderr)
+
+
+# -- secrets resolved when used (env:) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expect"), [(KEY_16, "32 bytes"), (KEY_24, "32 bytes"), (SECRET, "not hex")])
+def test_an_env_encryption_key_is_checked_when_first_used(value: str, expect: str, files: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("CORPUS_ENCRYPTION_KEY", value)
+    path = _site_file(files, base_bytes(files).replace(
+        f"file:{files}/encryption-key".encode(), b"env:CORPUS_ENCRYPTION_KEY"))
+    site = Site(cfg=load_site(path), path=path)  # env: references are resolved lazily
+    with pytest.raises(SecretError) as err:
+        site.encryption_key
+    message = str(err.value)
+    assert message.startswith(f"{path}: azure.encryption_key: ") and expect in message and err.value.exit_code == 2
+    _no_secret_in(message)
+    monkeypatch.setenv("CORPUS_ENCRYPTION_KEY", "ab" * 32)
+    assert Site(cfg=site.cfg, path=path).encryption_key == b"\xab" * 32
+
+
+# -- SSH: known_hosts and keys at the first connection ------------------------------------------
+
+
+def _machine(files: Path, **update: object) -> MachineConfig:
+    # Port 1 on a loopback address: the checks refuse before anything connects.
+    return MachineConfig(**{"name": "app01", "address": "127.0.0.1", "port": 1, "key_file": files / "id_ed25519",
+                            "known_hosts": files / "known_hosts", **update})
+
+
+@pytest.mark.parametrize("content", [
+    b"127.0.0.1 ssh-ed25519 AAAA!!!notbase64\n",  # paramiko: InvalidHostKey
+    b"127.0.0.1 ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB\n",  # paramiko: ValueError from the key's numbers
+    b"\xff\xfe binary junk\n",  # UnicodeDecodeError
+])
+def test_a_malformed_known_hosts_is_a_host_key_error_naming_the_file(content: bytes, files: Path):
+    bad = files / "bad_known_hosts"
+    bad.write_bytes(content)
+    with pytest.raises(HostKeyError) as err:
+        SshShell(_machine(files, known_hosts=bad)).run("true")
+    assert f"known_hosts {bad} is malformed" in str(err.value) and not err.value.retryable
+
+
+def test_an_ssh_key_open_to_others_is_refused_as_ssh_does(files: Path):
+    with pytest.raises(AuthenticationError) as err:
+        SshShell(_machine(files, key_file=files / "open-key")).run("true")
+    assert "mode 0644" in str(err.value) and f"chmod 600 {files / 'open-key'}" in str(err.value)
