@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# `make test`: every test, in two phases on one lab.
-#   1. two pytest-xdist workers: the unit tests and the lab tests that share the lab safely
-#      (a module stays on one worker; modules whose workload writers use one machine share a
-#      group: tests/conftest.py).
-#   2. alone: the tests marked `serial`, which kill, stop or inject faults into a shared lab
+# `make test`: every test on one lab, brought up once (and taken down after, unless it was
+# up before or DRBOOK_KEEP_LAB=1). Exit: pytest's code (3 when the lab does not come up).
+#
+# DRBOOK_TEST_WORKERS=2 (experimental, NOT reliable yet) runs two phases instead:
+#   1. two pytest-xdist workers for the tests not marked `serial` (a module stays on one
+#      worker; modules whose workload writers use one machine share a group: tests/conftest.py);
+#   2. alone, the tests marked `serial`, which kill, stop or inject faults into a shared lab
 #      service (Azurite, an sshd, the ARM emulator).
-# The lab comes up once for both (and goes down after, unless it was up before or
-# DRBOOK_KEEP_LAB=1). Exit: 0 when both phases pass, else the first failing phase's pytest code.
+# Measured on a fresh 2-core clone: phase 1 took 495 s instead of ~800 s, but lab modules
+# still disturbed each other (the drills module found its items gone; the continuous
+# module's cycles stalled), so it is not the default.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'test: %s\n' "$*" >&2; }
 PY=.venv/bin/python
-WORKERS=${DRBOOK_TEST_WORKERS:-2}
+WORKERS=${DRBOOK_TEST_WORKERS:-1}
 
 was_up=0
 .venv/bin/drbook-lab status --json 2>/dev/null | $PY -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["up"] else 1)' && was_up=1
-say "bringing the lab up (once, for both phases)"
+say "bringing the lab up (once, for every test)"
 .venv/bin/drbook-lab up >/dev/null || { say "the lab did not come up (see above)"; exit 3; }
 finish() {
   if [ "$was_up" = 0 ] && [ -z "${DRBOOK_KEEP_LAB:-}" ]; then
@@ -25,6 +28,11 @@ finish() {
 }
 trap finish EXIT
 
+if [ "$WORKERS" -le 1 ]; then
+  say "running every test (pytest)"
+  $PY -m pytest "$@"
+  exit $?
+fi
 say "phase 1: $WORKERS workers (pytest -n $WORKERS --dist loadgroup -m 'not serial')"
 $PY -m pytest -n "$WORKERS" --dist loadgroup -m "not serial" "$@"
 one=$?

@@ -186,3 +186,11 @@ def test_an_ssh_key_open_to_others_is_refused_as_ssh_does(files: Path):
     with pytest.raises(AuthenticationError) as err:
         SshShell(_machine(files, key_file=files / "open-key")).run("true")
     assert "mode 0644" in str(err.value) and f"chmod 600 {files / 'open-key'}" in str(err.value)
+
+
+def test_docs_reliability_lists_every_case_of_the_corpus():
+    """docs/reliability.md's table stays true to the corpus: every case is in it."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "reliability.md").read_text()
+    cases = sorted(p.stem for p in (Path(__file__).parent / "corpus" / "config").glob("*.yaml")
+                   if p.name not in {"cases.yaml", "base.yaml"})
+    assert [c for c in cases if c not in docs] == []
