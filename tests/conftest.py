@@ -26,16 +26,10 @@ SERVICE_FIXTURES = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.lab)
-        # `make test` runs with `-n 2 --dist loadgroup` (tests/run.sh): a module's tests build
-        # on each other (module-scoped sites), so a module stays on one worker unless it names
-        # a group it shares with other modules (ones whose workload writers use the same machine).
-        if not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
 # `make test`: every test on one lab, brought up once (and taken down after, unless it was
-# up before or DRBOOK_KEEP_LAB=1). Exit: pytest's code (3 when the lab does not come up).
-#
-# DRBOOK_TEST_WORKERS=2 (experimental, NOT reliable yet) runs two phases instead:
-#   1. two pytest-xdist workers for the tests not marked `serial` (a module stays on one
-#      worker; modules whose workload writers use one machine share a group: tests/conftest.py);
-#   2. alone, the tests marked `serial`, which kill, stop or inject faults into a shared lab
-#      service (Azurite, an sshd, the ARM emulator).
-# Measured on a fresh 2-core clone: phase 1 took 495 s instead of ~800 s, but lab modules
-# still disturbed each other (the drills module found its items gone; the continuous
-# module's cycles stalled), so it is not the default.
+# up before or DRBOOK_KEEP_LAB=1), in two phases:
+#   1. two pytest-xdist workers (--dist loadfile: a module's tests build on each other, so a
+#      module stays on one worker) for every test not marked `serial`;
+#   2. alone, the tests marked `serial`: they kill, stop or inject faults into a shared lab
+#      service (Azurite, an sshd, the ARM emulator) or write a lab machine's disk, which
+#      test_e2e_continuous replicates in phase 1.
+# DRBOOK_TEST_WORKERS=1 runs everything in one pytest session instead.
+# Exit: 0 when both phases pass, else the first failing phase's pytest code (3: no lab).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'test: %s\n' "$*" >&2; }
 PY=.venv/bin/python
-WORKERS=${DRBOOK_TEST_WORKERS:-1}
+WORKERS=${DRBOOK_TEST_WORKERS:-2}
 
 was_up=0
 .venv/bin/drbook-lab status --json 2>/dev/null | $PY -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["up"] else 1)' && was_up=1
@@ -33,8 +31,8 @@ if [ "$WORKERS" -le 1 ]; then
   $PY -m pytest "$@"
   exit $?
 fi
-say "phase 1: $WORKERS workers (pytest -n $WORKERS --dist loadgroup -m 'not serial')"
-$PY -m pytest -n "$WORKERS" --dist loadgroup -m "not serial" "$@"
+say "phase 1: $WORKERS workers (pytest -n $WORKERS --dist loadfile -m 'not serial')"
+$PY -m pytest -n "$WORKERS" --dist loadfile -m "not serial" "$@"
 one=$?
 say "phase 2: the serial tests, alone (pytest -m serial)"
 $PY -m pytest -m serial "$@"

@@ -26,7 +26,7 @@ from lab.machines import host_key_line
 from lab.webhook import read_record
 from tests.lab_site import start_writer
 
-pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("app-writers")]  # workload writers on app02
+pytestmark = pytest.mark.lab  # the only module of the parallel phase that writes a lab machine (app02)
 
 ITEM = "app02"
 OWN_PORT = 2202

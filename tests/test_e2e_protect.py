@@ -9,7 +9,7 @@ from drbook.flows.discover import discover_flow
 from drbook.flows.push_mobility import push_mobility_flow
 from lab.spec import load_spec
 
-pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("app-writers")]  # workload writers on app01, app02
+pytestmark = [pytest.mark.lab, pytest.mark.serial]  # workload writers on app01, app02; pushes the agent to every machine
 
 
 def test_discovery_finds_the_lab_vms_with_disks_and_ips(site_path):

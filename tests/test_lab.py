@@ -22,9 +22,6 @@ from lab.errors import LabError
 from lab.control import Lab
 from lab.spec import load_spec
 
-# test_the_workload_log_reproduces_a_machine_disk_exactly writes app02's disk.
-pytestmark = pytest.mark.xdist_group("app-writers")
-
 STATUS_SHAPE = {
     "lab_dir": str,
     "ca_bundle": str,
@@ -189,6 +186,7 @@ def test_a_port_in_use_stops_lab_up_with_a_clear_message(tmp_path):
         sock.close()
 
 
+@pytest.mark.serial  # writes app02's disk, which test_e2e_continuous replicates
 def test_the_workload_log_reproduces_a_machine_disk_exactly(lab):
     from lab.workload import read_log, replay
 
