@@ -197,8 +197,17 @@ def test_a_paused_failover_is_approved_in_the_resume_dialog_and_completes(page, 
         expect(approve).to_be_checked()
         approve.scroll_into_view_if_needed()
         page.screenshot(path=shots / "failover-approval-form.png")
-        dialog.get_by_role("button", name="Resume", exact=True).click()
-        expect(page.get_by_text("Flow run resumed")).to_be_visible()
+        resume = dialog.get_by_role("button", name="Resume", exact=True)
+        resume.click()
+        resumed, refused = page.get_by_text("Flow run resumed"), page.get_by_text("Failed to resume flow run")
+        expect(resumed.or_(refused)).to_be_visible()
+        if refused.is_visible():
+            # Seen once in a clean-clone `make test` with both test workers busy (the server's
+            # SQLite under load; the UI does not say more): the dialog stays open with the form
+            # filled in, and a person clicks Resume again. A second refusal fails the test.
+            page.screenshot(path=shots / "failover-resume-refused.png", full_page=True)
+            resume.click()
+            expect(resumed).to_be_visible()
 
         thread.join(RUN_MS / 1000)
         assert "result" in out, f"the failover failed: {out.get('error')!r}"
