@@ -38,6 +38,7 @@ VCENTER_USER = "administrator@vsphere.local"
 WINRM_USER = "drbook"
 WORKER_NAME = "drbook-lab-process-server"
 WORKER_QUERY_SECONDS = 2
+LAB_RETENTION_S = 86_400  # Prefect keeps a lab's flow runs and events for a day
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "-mod=mod"}
 
 Log = Callable[[str], None]
@@ -253,6 +254,13 @@ class Lab:
             "PREFECT_SERVER_API_HOST": HOST,
             "PREFECT_SERVER_API_PORT": str(self.spec.ports.prefect),
             "PREFECT_UI_API_URL": self.prefect_api_url,
+            # A lab that stays up keeps scheduling runs (replication every 30 s, the RPO monitor
+            # every minute): without retention its SQLite grows until the server's services hold
+            # the write lock past the 60 s busy timeout ("database is locked", 503s). A day is
+            # plenty for a lab; Prefect's minimum for flow runs is an hour.
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(LAB_RETENTION_S),
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{LAB_RETENTION_S}S",  # ISO 8601: this setting reads no plain seconds
         }
         # The server runs the alert automations' actions: its HTTPS calls to the lab's webhook
         # receiver must trust the lab CA (httpx reads SSL_CERT_FILE), besides the public roots.

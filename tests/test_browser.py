@@ -135,14 +135,36 @@ def test_a_drill_started_from_its_deployment_run_form_completes(page, shots, pro
     page.get_by_role("button", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Custom run").click()
     expect(page.get_by_role("heading", name="Parameters")).to_be_visible()
+    page.wait_for_load_state("networkidle")  # the form is drawn again when the schema arrives: fill it after
     machines = page.get_by_role("group").filter(has=page.get_by_role("button", name="Add item"))
     machines.get_by_role("button", name="Add item").click()
-    machines.get_by_role("textbox").fill("db01")
+    machine = machines.get_by_role("textbox")
+    machine.fill("db01")
     # site_path: this module's site (the worker's runs default to the lab's own)
     page.get_by_role("tab", name="str").nth(1).click()
-    page.get_by_role("tabpanel", name="str").filter(has=page.get_by_role("textbox")).get_by_role("textbox").fill(protected)
+    site_box = page.get_by_role("tabpanel", name="str").filter(has=page.get_by_role("textbox")).get_by_role("textbox")
+    site_box.fill(protected)
+    expect(machine).to_have_value("db01")
+    expect(site_box).to_have_value(protected)
     page.screenshot(path=shots / "drill-run-form.png", full_page=True)
-    page.get_by_role("button", name="Submit").click()
+    failed: list[str] = []  # what the server refused while the form was submitted, for the failure message
+    page.on("response", lambda r: failed.append(f"{r.request.method} {r.url} -> {r.status}") if r.status >= 400 else None)
+    page.on("requestfailed", lambda r: failed.append(f"{r.method} {r.url} -> {r.failure}"))
+    submit, deployment_page = page.get_by_role("button", name="Submit"), re.compile(rf"/deployments/deployment/{dep_id}(\?.*)?$")
+    submit.click()
+    try:
+        expect(page).to_have_url(deployment_page, timeout=60_000)  # the UI leaves the form once the run exists
+    except AssertionError:
+        # A person whose Submit did nothing clicks it again; the evidence of the first is kept.
+        page.screenshot(path=shots / "drill-submit-stuck.png", full_page=True)
+        refused_first = list(failed)
+        submit.click()
+        try:
+            expect(page).to_have_url(deployment_page, timeout=60_000)
+        except AssertionError:
+            alerts = page.get_by_role("alert").all_inner_texts() + page.get_by_role("status").all_inner_texts()
+            pytest.fail(f"Submit did not leave the run form, twice; the UI said {alerts!r}; "
+                        f"refused requests: {failed!r} (before the second click: {refused_first!r})")
     # The "View run" toast is gone in seconds on a loaded machine: the run the form made is
     # found by its parameters on the server, then opened.
     run_id = _wait_for_run_of(dep_id, protected)
