@@ -14,6 +14,8 @@ from lab.spec import load_spec
 
 _SPEC = load_spec()
 
+pytest_plugins = ["tests.continuous_lab"]  # fixtures of the two continuous-replication modules
+
 
 # Fixtures that start or reach a real service: the shared lab, or an Azurite, sshd, ARM
 # emulator, WinRM responder or vCenter simulator of a test's own. A test that uses any of

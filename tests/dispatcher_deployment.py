@@ -34,7 +34,9 @@ def dispatcher_deployment(site_path: str, every_s: float) -> Iterator[str]:
             flow_id=lab_dep.flow_id, name=f"test-{uuid.uuid4().hex[:6]}", entrypoint=lab_dep.entrypoint,
             work_pool_name=lab_dep.work_pool_name, work_queue_name=lab_dep.work_queue_name,
             job_variables=lab_dep.job_variables, pull_steps=lab_dep.pull_steps, path=lab_dep.path,
-            parameters={"site_path": site_path}, concurrency_limit=1,
+            # the lab's limit and collision strategy (CANCEL_NEW): a tick that finds the last one
+            # still running is dropped, never queued behind it
+            parameters={"site_path": site_path}, concurrency_limit=1, concurrency_options=lab_dep.concurrency_options,
             schedules=[DeploymentScheduleCreate(schedule=IntervalSchedule(interval=dt.timedelta(seconds=every_s)),
                                                 active=True)],
         )
