@@ -32,11 +32,17 @@ class Site:
 
     @cached_property
     def vault(self):
+        """The site's vault. Never created here: reading a mistyped container name must say
+        that it does not exist, not make an empty vault (see create_vault)."""
         from drbook.vault import Vault
 
-        vault = Vault.from_site(self.cfg, actor=self.actor)
-        vault.ensure()
-        return vault
+        return Vault.from_site(self.cfg, actor=self.actor)
+
+    def create_vault(self):
+        """The vault, its container created when missing: only for the stages that can start
+        a site's life (prepare-azure, discover, push-mobility, enable-replication)."""
+        self.vault.ensure()
+        return self.vault
 
     @cached_property
     def azure(self):

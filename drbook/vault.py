@@ -151,7 +151,8 @@ class Vault:
 
     def _missing(self, err: NotFoundError, key: str) -> NotFoundError:
         if _container_missing(err):
-            new = NotFoundError(f"vault container {self.name!r} does not exist (run prepare-azure, or Vault.ensure())")
+            new = NotFoundError(f"vault container {self.name!r} does not exist: prepare-azure (or discover, push-mobility, "
+                                f"enable-replication) creates it; check azure.containers.vault in the site config")
         else:
             new = NotFoundError(f"no vault document {key!r} in container {self.name!r}")
         new.code = getattr(err, "code", None)  # type: ignore[attr-defined]
@@ -247,8 +248,11 @@ class Vault:
                 raise self._missing(err, key) from None
 
     def keys(self, prefix: str) -> list[str]:
-        with map_blob_errors(f"list {self._what(prefix + '*')}"):
-            return sorted(self.container.list_blob_names(name_starts_with=prefix))
+        try:
+            with map_blob_errors(f"list {self._what(prefix + '*')}"):
+                return sorted(self.container.list_blob_names(name_starts_with=prefix))
+        except NotFoundError as err:
+            raise self._missing(err, prefix) from None
 
     def list(self, prefix: str, model: type[M]) -> builtins.list[M]:
         """Every document under `prefix`, in key order (one deleted meanwhile is skipped)."""

@@ -24,7 +24,7 @@ def read_inventory(site_path: str) -> Inventory:
 
 @task(name="store-inventory", **REMOTE)
 def store_inventory(site_path: str, inventory: Inventory) -> InventoryDiff:
-    return save_inventory(open_site(site_path).vault, inventory)
+    return save_inventory(open_site(site_path).create_vault(), inventory)
 
 
 @flow(name="discover", log_prints=True)

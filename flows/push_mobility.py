@@ -17,7 +17,7 @@ def push_one(site_path: str, machine: str, force: bool = False) -> dict:
     from drbook.mobility import install_agent
 
     site = open_site(site_path)
-    return install_agent(site.vault, site.machine(machine), force=force).model_dump(mode="json")
+    return install_agent(site.create_vault(), site.machine(machine), force=force).model_dump(mode="json")
 
 
 @flow(name="push-mobility", task_runner=ThreadPoolTaskRunner(max_workers=8), log_prints=True)

@@ -55,8 +55,9 @@ def enable_replication_flow(machines: list[str], policy: str = "default", group:
     """
     site = open_site(site_path)
     sp = str(site.path)
+    vault = site.create_vault()
     for m in machines:  # every machine is checked before any initial copy starts
-        refuse_other_group(site.vault, m, group)
+        refuse_other_group(vault, m, group)
     site.engine.ensure_containers()
     rows = [enable_one(sp, m, policy, group) for m in machines]
     create_table_artifact(rows, key="enable-replication", description="initial copy per machine")

@@ -14,7 +14,7 @@ from drbook.adapters.blobstore import map_blob_errors
 from drbook.config import default_site_path
 from drbook.errors import NotFoundError
 from drbook.models import ProtectedItem, ReplicationGroup
-from drbook.replication.schedule import ActiveRun, DueCycle
+from drbook.replication.schedule import ActiveRun, DueCycle, FinishedRun
 from drbook.site import Site
 from drbook.tasks.policy import ONCE
 from drbook.vault import group_key, lock_key
@@ -56,14 +56,15 @@ def _run_items(params: dict, groups: Callable[[str], list[str]], everything: lis
     return list(params.get("machines") or [])
 
 
-def active_cycle_runs(site: Site, items: list[ProtectedItem], deployment: str = CYCLE_DEPLOYMENT) -> list[ActiveRun]:
-    """Runs of the cycle deployment for this site that are scheduled, pending or running,
-    whoever started them (this dispatcher, the UI, the CLI)."""
+def _site_cycle_runs(site: Site, items: list[ProtectedItem], states: tuple[str, ...], deployment: str,
+                     limit: int) -> list[tuple[Any, list[str]]]:
+    """(run, its items) for this site's runs of the cycle deployment in `states`, newest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.exceptions import ObjectNotFound
 
     def members(group: str) -> list[str]:
@@ -79,22 +80,54 @@ def active_cycle_runs(site: Site, items: list[ProtectedItem], deployment: str = 
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
             flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType(s) for s in LIVE_STATES]))),
-            limit=200,
+                type=FlowRunFilterStateType(any_=[StateType(s) for s in states]))),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit,
         )
+    return [(run, _run_items(run.parameters or {}, members, everything)) for run in runs
+            if _same_site((run.parameters or {}).get("site_path"), site)]
+
+
+def active_cycle_runs(site: Site, items: list[ProtectedItem], deployment: str = CYCLE_DEPLOYMENT) -> list[ActiveRun]:
+    """Runs of the cycle deployment for this site that are scheduled, pending or running,
+    whoever started them (this dispatcher, the UI, the CLI)."""
     out = []
-    for run in runs:
-        params = run.parameters or {}
-        if not _same_site(params.get("site_path"), site):
-            continue
+    for run, run_items in _site_cycle_runs(site, items, LIVE_STATES, deployment, limit=200):
         state = run.state.type.value if run.state else "SCHEDULED"
         if state == "RUNNING":
             since = run.start_time or (run.state.timestamp if run.state else None)
         else:
             since = run.next_scheduled_start_time or run.expected_start_time or (run.state.timestamp if run.state else None)
         out.append(ActiveRun(run_id=str(run.id), state=state, since=since or dt.datetime.now(dt.timezone.utc),
-                             items=_run_items(params, members, everything)))
+                             items=run_items))
     return out
+
+
+def finished_cycle_runs(site: Site, items: list[ProtectedItem], deployment: str = CYCLE_DEPLOYMENT,
+                        limit: int = 100) -> list[FinishedRun]:
+    """The newest completed runs of the cycle deployment for this site: when each was asked
+    for (its expected start: a started run's creation) and when it ended."""
+    out = []
+    for run, run_items in _site_cycle_runs(site, items, ("COMPLETED",), deployment, limit=limit):
+        if run.expected_start_time and run.end_time:
+            out.append(FinishedRun(run_id=str(run.id), requested=run.expected_start_time, ended=run.end_time,
+                                   items=run_items))
+    return out
+
+
+def dispatcher_tick_s() -> float:
+    """The interval of the deployment this run came from (its shortest active interval
+    schedule), 0 when run outside a deployment or on another kind of schedule."""
+    from prefect import get_client
+    from prefect.client.schemas.schedules import IntervalSchedule
+    from prefect.runtime import deployment
+
+    if not deployment.id:
+        return 0.0
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment(deployment.id)
+    intervals = [s.schedule.interval.total_seconds() for s in dep.schedules or []
+                 if s.active and isinstance(s.schedule, IntervalSchedule)]
+    return min(intervals, default=0.0)
 
 
 def start_cycle_run(cycle: DueCycle, site_path: str, deployment: str = CYCLE_DEPLOYMENT) -> dict:

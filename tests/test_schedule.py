@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 from drbook.models import ItemState, Policy, ProtectedItem
-from drbook.replication.schedule import ActiveRun, ScheduleBounds, busy_items, decide_schedule
+from drbook.replication.schedule import (ActiveRun, FinishedRun, ScheduleBounds, busy_items, decide_schedule,
+                                        start_leads)
 
 T0 = dt.datetime(2025, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 POL = Policy(crash_frequency_minutes=5, app_frequency_minutes=60)
@@ -128,3 +129,36 @@ def test_a_running_cycle_holding_the_lease_stays_busy_however_long_it_runs():
     busy = busy_items({"a": "replication-engine"}, runs, T0)
     s = decide_schedule([item("a", 600)], T0, busy=busy)
     assert s.cycles == [] and by_item(s)["a"].status == "busy"
+
+
+def test_a_cycle_starts_early_by_the_time_its_last_cycle_took_to_land():
+    """Policy 5 min, last point 4 min 40 s ago: not due by the clock, but its last cycle took
+    25 s from being asked for to its end, so it is started now to land near the 5 minutes."""
+    finished = [FinishedRun(run_id="r1", requested=m(4.9), ended=m(4.9) + dt.timedelta(seconds=25), items=["a"]),
+                FinishedRun(run_id="r0", requested=m(10), ended=m(10) + dt.timedelta(seconds=90), items=["a"])]
+    leads = start_leads(["a", "b"], finished, tick_s=10)
+    assert leads == {"a": 25 + 5, "b": 5}  # the newest run counts; half a tick for everyone
+    s = decide_schedule([item("a", 4 + 40 / 60), item("b", 4 + 40 / 60)], T0, leads=leads)
+    assert [c.members for c in s.cycles] == [["a"]]
+    r = by_item(s)
+    assert r["a"].due_at == m(4 + 40 / 60) + dt.timedelta(minutes=5) - dt.timedelta(seconds=30)
+    assert "up to 30s early" in r["a"].why
+    assert r["b"].status == "not-due"
+
+
+def test_the_lead_is_at_most_the_interval_so_a_slow_machine_replicates_back_to_back():
+    fast = Policy(crash_frequency_minutes=0.25, app_frequency_minutes=60)
+    slow = [FinishedRun(run_id="r", requested=m(1), ended=m(1) + dt.timedelta(seconds=40), items=["a"])]
+    leads = start_leads(["a"], slow)
+    assert leads == {"a": 40}
+    # its point landed a second ago: due again now (15 s early at most), not 25 s in the past
+    r = by_item(decide_schedule([item("a", 1 / 60, policy=fast)], T0, leads=leads))
+    assert r["a"].status == "due" and r["a"].due_at == m(1 / 60)
+    # a busy item stays busy whatever its lead: never two cycles at once
+    r = by_item(decide_schedule([item("a", 1 / 60, policy=fast)], T0, leads=leads, busy={"a": "its lock is held"}))
+    assert r["a"].status == "busy"
+
+
+def test_a_run_of_a_group_gives_every_member_its_lead():
+    run = FinishedRun(run_id="g", requested=m(2), ended=m(2) + dt.timedelta(seconds=12), items=["a", "b"])
+    assert start_leads(["a", "b", "c"], [run]) == {"a": 12, "b": 12, "c": 0}

@@ -364,11 +364,11 @@ def test_lease_duration_is_checked(vault: Vault):
 # -- the blob client factory and error table --------------------------------------------------
 
 
-def test_vault_from_site_config(azurite: AzuriteInfo, tmp_path):
+def _site_config(azurite: AzuriteInfo, tmp_path, vault: str) -> SiteConfig:
     key_file = tmp_path / "storage.key"
     key_file.write_text(azurite.key)
     key_file.chmod(0o600)
-    site = SiteConfig(
+    return SiteConfig(
         site="lab",
         azure=AzureConfig(
             subscription_id="00000000-0000-0000-0000-000000000000",
@@ -378,10 +378,14 @@ def test_vault_from_site_config(azurite: AzuriteInfo, tmp_path):
             blob_endpoint=azurite.blob_endpoint,
             storage_key=f"file:{key_file}",
             ca_bundle=azurite.ca_bundle,
-            containers=ContainerNames(vault=f"site-vault-{uuid.uuid4().hex[:8]}"),
+            containers=ContainerNames(vault=vault),
             encryption_key="env:DRBOOK_TEST_UNUSED",
         ),
     )
+
+
+def test_vault_from_site_config(azurite: AzuriteInfo, tmp_path):
+    site = _site_config(azurite, tmp_path, f"site-vault-{uuid.uuid4().hex[:8]}")
     assert blob_service(site).account_name == azurite.account
     v = Vault.from_site(site, actor="site")
     v.ensure()
@@ -431,3 +435,22 @@ def test_messages_never_carry_signatures():
             raise ServiceRequestError(leak)
     assert "abc%2Bdef123" not in str(caught.value) and "s3cr3t" not in str(caught.value)
     assert "sig=REDACTED" in str(caught.value) and caught.value.__cause__ is None
+
+
+def test_a_mistyped_vault_container_is_refused_by_name_and_never_created(azurite: AzuriteInfo, azurite_blob, tmp_path):
+    """Reading (items, status, a failover) must not make an empty vault under a wrong name;
+    only the stages that start a site's life create it (Site.create_vault)."""
+    from drbook.site import Site
+
+    name = f"vault-typo-{uuid.uuid4().hex[:8]}"
+    site = Site(cfg=_site_config(azurite, tmp_path, name), path=tmp_path / "site.yaml")
+    for read in (site.vault.items, lambda: site.vault.item("db01"), lambda: site.vault.keys("points/")):
+        with pytest.raises(NotFoundError, match=rf"vault container '{name}' does not exist: prepare-azure"):
+            read()
+    with pytest.raises(NotFoundError, match="does not exist"):
+        with site.vault.lease("item-db01", holder="t"):
+            pass
+    assert name not in {c.name for c in azurite_blob.list_containers()}
+    site.create_vault().save_item(_item("db01"))
+    assert [i.name for i in site.vault.items()] == ["db01"]
+
