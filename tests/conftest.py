@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -49,39 +48,12 @@ def lab_control():
     already = lab.services()
     if not all(already.values()):  # up already (tests/run.sh brings it up once for every worker)
         lab.up()
-    with _lab_schedules_paused():
+    from tests.dispatcher_deployment import lab_schedules_paused
+
+    with lab_schedules_paused():
         yield lab
     if not os.environ.get("DRBOOK_KEEP_LAB") and not all(already.values()):
         lab.down()
-
-
-# The lab's own sub-minute schedules start a Python process on the worker every 30-60 s for
-# the lab's site, which no test uses (test_e2e_continuous runs a dispatcher of its own site):
-# on a 2-core machine that is CPU the tests wait for. Paused for the session, resumed after.
-_FREQUENT = ("replication-dispatcher/continuous-replication", "rpo-monitor/rpo-monitor")
-
-
-@contextlib.contextmanager
-def _lab_schedules_paused():
-    from prefect import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    paused = []
-    with get_client(sync_client=True) as client:
-        for name in _FREQUENT:
-            try:
-                dep = client.read_deployment_by_name(name)
-            except ObjectNotFound:
-                continue  # test_deployments fails on a missing deployment; nothing to pause here
-            if not dep.paused:
-                client.pause_deployment(dep.id)
-                paused.append(dep.id)
-    try:
-        yield
-    finally:
-        with get_client(sync_client=True) as client:
-            for dep_id in paused:
-                client.resume_deployment(dep_id)
 
 
 @pytest.fixture(scope="session")

@@ -74,3 +74,33 @@ def cycle_runs(site_path: str) -> list:
         dep = client.read_deployment_by_name(CYCLE_DEPLOYMENT)
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])), limit=200)
     return [r for r in runs if (r.parameters or {}).get("site_path") == site_path]
+
+
+# The lab's own sub-minute schedules start a Python process on the worker every 30-60 s for
+# the lab's site, which no test uses (test_e2e_continuous runs a dispatcher of its own site):
+# on a 2-core machine that is CPU the tests (and benchmarks) wait for. Paused while they run,
+# resumed after.
+_FREQUENT = ("replication-dispatcher/continuous-replication", "rpo-monitor/rpo-monitor")
+
+
+@contextlib.contextmanager
+def lab_schedules_paused() -> Iterator[None]:
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    paused = []
+    with get_client(sync_client=True) as client:
+        for name in _FREQUENT:
+            try:
+                dep = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue  # test_deployments fails on a missing deployment; nothing to pause here
+            if not dep.paused:
+                client.pause_deployment(dep.id)
+                paused.append(dep.id)
+    try:
+        yield
+    finally:
+        with get_client(sync_client=True) as client:
+            for dep_id in paused:
+                client.resume_deployment(dep_id)
