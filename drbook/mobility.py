@@ -103,14 +103,6 @@ def agent_version_of(path: Path, data: bytes | None = None) -> str:
     return match.group(1)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # -- per-OS paths and scripts ----------------------------------------------------------------
 
 

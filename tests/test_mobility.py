@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shlex
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -26,10 +29,41 @@ from drbook.errors import (
     VerificationError,
 )
 from drbook.models import ItemState, ProtectedItem
-from drbook.templating import ps_quote
 from drbook.vault import Vault
 
 AGENT = mobility.DEFAULT_AGENT
+
+
+# -- expected values, computed here rather than by drbook's own helpers ---------------------
+
+
+def _sha256(path: Path | str) -> str:
+    """hashlib over the file's bytes as read here."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _sha256sum(path: Path | str) -> str:
+    """The coreutils tool's answer, a second opinion independent of Python."""
+    out = subprocess.run(["sha256sum", "--", str(path)], check=True, capture_output=True, text=True).stdout
+    return out.split()[0]
+
+
+def _declared_version(data: bytes) -> str:
+    """The agent's `AGENT_VERSION = "..."` line, read with a regex of this test (not agent_version_of)."""
+    (found,) = re.findall(rb'^AGENT_VERSION = "([^"\n]+)"$', data, re.MULTILINE)
+    return found.decode()
+
+
+def _assert_installed(agent_dir: Path, data: bytes) -> None:
+    """What a finished install leaves on the machine, read back from its filesystem: agent.py
+    holding exactly `data`, mode 0755, VERSION and SHA256 recording that file, no staged copy."""
+    agent = agent_dir / "agent.py"
+    assert agent.read_bytes() == data
+    assert _sha256(agent) == hashlib.sha256(data).hexdigest() == _sha256sum(agent)
+    assert agent.stat().st_mode & 0o777 == 0o755
+    assert (agent_dir / "VERSION").read_text() == _declared_version(data) + "\n"
+    assert (agent_dir / "SHA256").read_text() == hashlib.sha256(data).hexdigest() + "\n"
+    assert not list(agent_dir.glob(".*staged"))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +93,7 @@ def _agent_variant(tmp_path: Path, version: str, *, reported: str | None = None)
     """A copy of the real agent declaring another version (optionally answering `--version` with
     something else, which a verified push must catch)."""
     text = AGENT.read_text()
-    old = mobility.agent_version_of(AGENT)
+    old = _declared_version(text.encode())
     text = text.replace(f'AGENT_VERSION = "{old}"', f'AGENT_VERSION = "{version}"', 1)
     if reported is not None:
         text = text.replace(
@@ -68,6 +102,7 @@ def _agent_variant(tmp_path: Path, version: str, *, reported: str | None = None)
         assert reported in text
     path = tmp_path / f"agent-{version}.py"
     path.write_text(text)
+    assert _declared_version(path.read_bytes()) == version
     return path
 
 
@@ -81,9 +116,11 @@ def _snapshot(vault: Vault) -> dict[str, bytes]:
 def test_real_agent_answers_version_and_self_check(fresh: MachineConfig):
     with SshShell(fresh) as sh:
         result = mobility.push_agent(sh, fresh)
-        assert result.action == "installed" and result.version == mobility.agent_version_of(AGENT)
-        agent = shlex.quote(mobility.agent_path(fresh))
+        assert result.action == "installed" and result.version == _declared_version(AGENT.read_bytes())
+        agent = shlex.quote(str(Path(fresh.agent_dir) / "agent.py"))
+        answer = sh.run(f"python3 {agent} --version")
         check = sh.run(f"python3 {agent} self-check --disk {shlex.quote(fresh.disks[0].path)}")
+    assert answer.exit_status == 0 and answer.stdout == result.version + "\n"
     assert check.exit_status == 0 and '"readable": true' in check.stdout
 
 
@@ -95,12 +132,12 @@ def test_push_installs_then_is_unchanged_then_upgrades(fresh: MachineConfig, tmp
     with SshShell(fresh) as sh:
         first = mobility.push_agent(sh, fresh)
         assert (first.action, first.previous_version) == ("installed", None)
-        # The real agent may be edited while tests run: compare with what push_agent read.
-        assert mobility.file_sha256(agent_dir / "agent.py") == first.sha256
-        assert (agent_dir / "VERSION").read_text() == first.version + "\n"
-        assert (agent_dir / "SHA256").read_text() == first.sha256 + "\n"
-        assert (agent_dir / "agent.py").stat().st_mode & 0o777 == 0o755
-        assert not list(agent_dir.glob(".*staged"))
+        # The real agent may be edited while tests run: compare with what was installed, whose
+        # hash and version are computed here, and which must be what push_agent reported.
+        installed = (agent_dir / "agent.py").read_bytes()
+        assert first.sha256 == hashlib.sha256(installed).hexdigest()
+        assert first.version == _declared_version(installed)
+        _assert_installed(agent_dir, installed)
         installed_at = (agent_dir / "agent.py").stat().st_mtime_ns
 
         second = mobility.push_agent(sh, fresh)
@@ -110,7 +147,8 @@ def test_push_installs_then_is_unchanged_then_upgrades(fresh: MachineConfig, tmp
         newer = _agent_variant(tmp_path, "99.0.0-test")
         third = mobility.push_agent(sh, fresh, agent_path=newer)
         assert (third.action, third.version, third.previous_version) == ("upgraded", "99.0.0-test", first.version)
-        assert (agent_dir / "agent.py").read_bytes() == newer.read_bytes()
+        assert third.sha256 == _sha256(newer)
+        _assert_installed(agent_dir, newer.read_bytes())
         assert mobility.installed_version(sh, fresh) == "99.0.0-test"
         assert sh.run(f"python3 {shlex.quote(str(agent_dir / 'agent.py'))} --version").stdout.strip() == "99.0.0-test"
 
@@ -122,7 +160,10 @@ def test_tampered_agent_is_reinstalled(fresh: MachineConfig):
             f.write("# changed on the machine\n")
         again = mobility.push_agent(sh, fresh)
     assert again.action == "upgraded"
-    assert mobility.file_sha256(Path(fresh.agent_dir) / "agent.py") == again.sha256
+    installed = (Path(fresh.agent_dir) / "agent.py").read_bytes()
+    assert b"# changed on the machine" not in installed
+    assert again.sha256 == hashlib.sha256(installed).hexdigest()
+    _assert_installed(Path(fresh.agent_dir), installed)
 
 
 def test_force_reinstalls_the_same_agent(fresh: MachineConfig):
@@ -134,8 +175,14 @@ def test_force_reinstalls_the_same_agent(fresh: MachineConfig):
 def test_agent_dir_with_spaces_and_quotes(linux: MachineConfig, tmp_path: Path):
     odd = linux.model_copy(update={"agent_dir": str(tmp_path / "it's a dir" / "dr $book")})
     with SshShell(odd) as sh:
-        assert mobility.push_agent(sh, odd).action == "installed"
-    assert (tmp_path / "it's a dir" / "dr $book" / "agent.py").exists()
+        result = mobility.push_agent(sh, odd)
+    assert result.action == "installed"
+    target = tmp_path / "it's a dir" / "dr $book"
+    assert (target / "agent.py").exists()
+    installed = (target / "agent.py").read_bytes()
+    assert result.sha256 == hashlib.sha256(installed).hexdigest()
+    _assert_installed(target, installed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["it's a dir"]  # nothing landed beside it
 
 
 def test_machine_without_python_fails_preflight_and_nothing_is_installed(nopython: MachineConfig):
@@ -162,13 +209,15 @@ def test_install_script_refuses_a_staged_file_with_another_hash(fresh: MachineCo
     with SshShell(fresh) as sh:
         mobility.push_agent(sh, fresh)
         before = (Path(fresh.agent_dir) / "agent.py").read_bytes()
-        sha = mobility.file_sha256(AGENT)
+        sha = _sha256(AGENT)
         bogus = tmp_path / "bogus.py"
         bogus.write_text("print('not the agent')\n")
-        staged = mobility.staging_path(fresh, sha)
+        bogus_sha = hashlib.sha256(b"print('not the agent')\n").hexdigest()
+        staged = str(Path(fresh.agent_dir) / f".agent.py.{sha[:16]}.staged")  # where the script looks
         sh.put_file(str(bogus), staged)
         result = mobility.run_script(sh, fresh, mobility.render_install_script(fresh, "1.2.3", sha))
     assert result.exit_status == 4 and "expected " + sha in result.stderr
+    assert f"has sha256 {bogus_sha}, expected {sha}" in result.stderr
     assert not Path(staged).exists()
     assert (Path(fresh.agent_dir) / "agent.py").read_bytes() == before
 
@@ -198,7 +247,7 @@ def test_register_creates_the_item_unprotected_and_audits(fresh: MachineConfig, 
     stored = vault.item("db01")
     assert stored.state == ItemState.UNPROTECTED and item.state == ItemState.UNPROTECTED
     installed = Path(fresh.agent_dir) / "agent.py"
-    assert (stored.agent_version, stored.agent_sha256) == (mobility.agent_version_of(installed), mobility.file_sha256(installed))
+    assert (stored.agent_version, stored.agent_sha256) == (_declared_version(installed.read_bytes()), _sha256(installed))
     assert (item.agent_version, item.agent_sha256) == (stored.agent_version, stored.agent_sha256)
     audit = vault.audit_log("db01")
     assert [a.action for a in audit] == ["agent-registered"] and audit[0].detail["push"] == "installed"
@@ -273,15 +322,24 @@ def test_is_transient_only_for_connection_trouble_and_timeouts():
         assert not mobility.is_transient(never), never
 
 
-def test_render_install_script_linux_and_windows(fresh: MachineConfig):
+def test_render_install_script_linux_and_windows():
     sha = "c" * 64
-    sh = mobility.render_install_script(fresh, "1.2.3", sha)
-    assert sh.startswith(f"# drbook:install version=1.2.3 sha256={sha}\n")
-    assert f"dir={shlex.quote(fresh.agent_dir)}" in sh and "sha256sum" in sh
+    lin = MachineConfig(name="lin01", address="127.0.0.1")  # the default agent_dir
+    sh = mobility.render_install_script(lin, "1.2.3", sha)
+    assert sh.startswith("# drbook:install version=1.2.3 sha256=" + "c" * 64 + "\n")
+    lines = sh.splitlines()
+    assert "dir=/opt/drbook" in lines and "sha256sum" in sh
+    assert "staged=/opt/drbook/.agent.py.cccccccccccccccc.staged" in lines
+    assert "expected=" + "c" * 64 in lines and "version=1.2.3" in lines
+    odd = mobility.render_install_script(ODD_LINUX, "1.2.3", sha).splitlines()
+    assert """dir='/srv/dr book/it'"'"'s'""" in odd
+    assert """staged='/srv/dr book/it'"'"'s/.agent.py.cccccccccccccccc.staged'""" in odd
     win = MachineConfig(name="win01", os="windows", address="127.0.0.1", port=5986, user="Administrator")
     ps = mobility.render_install_script(win, "1.2.3", sha)
+    assert ps.startswith("# drbook:install version=1.2.3 sha256=" + "c" * 64 + "\n")
     assert "$dir = 'C:\\Program Files\\drbook'" in ps
-    assert f"$staged = 'C:\\Program Files\\drbook\\.agent.py.{sha[:16]}.staged'" in ps
+    assert "$staged = 'C:\\Program Files\\drbook\\.agent.py.cccccccccccccccc.staged'" in ps
+    assert "$expected = '" + "c" * 64 + "'" in ps.splitlines() and "$version = '1.2.3'" in ps.splitlines()
     assert "Get-FileHash -Algorithm SHA256" in ps and "[System.IO.File]::Replace" in ps
     odd = win.model_copy(update={"agent_dir": "C:\\it's\\drbook"})
     assert "$dir = 'C:\\it''s\\drbook'" in mobility.render_install_script(odd, "1", sha)
@@ -307,15 +365,56 @@ ODD_WINDOWS = MachineConfig(
 )
 SHA = "c" * 64
 
+# The machines' paths, and the literal each must reach the scripts as, written out by hand:
+# POSIX sh single quotes with a ' as '"'"'; PowerShell single quotes with a ' doubled.
+# (test_expected_literals_mean_the_paths proves each literal means its path.)
+EXPECTED = {
+    "linux": {
+        "python": ("/opt/py 3/it's/python3", """'/opt/py 3/it'"'"'s/python3'"""),
+        "disk": ("/dev/disk by/it's", """'/dev/disk by/it'"'"'s'"""),
+        "dir": ("/srv/dr book/it's", """'/srv/dr book/it'"'"'s'"""),
+        "agent": ("/srv/dr book/it's/agent.py", """'/srv/dr book/it'"'"'s/agent.py'"""),
+        "staged": (
+            "/srv/dr book/it's/.agent.py.cccccccccccccccc.staged",
+            """'/srv/dr book/it'"'"'s/.agent.py.cccccccccccccccc.staged'""",
+        ),
+    },
+    "windows": {
+        "python": (r"C:\Py 3\it's\python.exe", r"'C:\Py 3\it''s\python.exe'"),
+        "disk": (r"D:\images\it's disk.vhd", r"'D:\images\it''s disk.vhd'"),
+        "dir": (r"C:\dr book\it's", r"'C:\dr book\it''s'"),
+        "agent": (r"C:\dr book\it's\agent.py", r"'C:\dr book\it''s\agent.py'"),
+        "staged": (r"C:\dr book\it's\.agent.py.cccccccccccccccc.staged", r"'C:\dr book\it''s\.agent.py.cccccccccccccccc.staged'"),
+    },
+}
+CARRIES = {  # the paths a script of each kind carries
+    "preflight": ["python", "disk", "dir"],
+    "status": ["dir"],
+    "agent-version": ["python", "agent"],
+    "install": ["dir", "staged"],
+}
 
-def _paths_in(kind: str, machine: MachineConfig) -> list[str]:
-    """The machine's paths a script of this kind carries."""
-    return {
-        "preflight": [mobility.python_command(machine), machine.disks[0].path, mobility.agent_dir(machine)],
-        "status": [mobility.agent_dir(machine)],
-        "agent-version": [mobility.python_command(machine), mobility.agent_path(machine)],
-        "install": [mobility.agent_dir(machine), mobility.staging_path(machine, SHA)],
-    }[kind]
+
+def _sh_value(literal: str) -> str:
+    """What a POSIX shell makes of `literal` as a word: /bin/sh itself decides."""
+    out = subprocess.run(["sh", "-c", f'v={literal}; printf %s "$v"'], check=True, capture_output=True)
+    return out.stdout.decode()
+
+
+def _ps_value(literal: str) -> str:
+    """A PowerShell verbatim string (about_Quoting_Rules): '...' with each ' inside doubled."""
+    match = re.fullmatch(r"'((?:[^']|'')*)'", literal)
+    assert match, literal
+    return match.group(1).replace("''", "'")
+
+
+def test_expected_literals_mean_the_paths():
+    for machine, value in ((ODD_LINUX, _sh_value), (ODD_WINDOWS, _ps_value)):
+        expected = EXPECTED[machine.os]
+        assert expected["python"][0] == machine.python and expected["disk"][0] == machine.disks[0].path
+        assert expected["dir"][0] == machine.agent_dir
+        for path, literal in expected.values():
+            assert value(literal) == path, (path, literal)
 
 
 @pytest.mark.parametrize("machine", [ODD_LINUX, ODD_WINDOWS], ids=["linux", "windows"])
@@ -334,7 +433,7 @@ def test_every_script_template_names_its_kind_and_quotes_paths(kind, render, mac
     assert first.startswith(f"# drbook:{kind} "), first
     if kind != "install":
         assert first == f"# drbook:{kind} machine={machine.name}"
-    quote = ps_quote if machine.os == "windows" else shlex.quote
-    for path in _paths_in(kind, machine):
-        assert quote(path) in script, (path, script)
+    for name in CARRIES[kind]:
+        path, literal = EXPECTED[machine.os][name]
+        assert literal in script, (path, script)
         assert path not in script, f"{path!r} reached the script unquoted"

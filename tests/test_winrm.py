@@ -3,8 +3,10 @@ and the agent push to a Windows machine through it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +29,18 @@ from lab.winrm import Answer, WinRmResponder
 
 USER = "Administrator"
 PASSWORD = "Lab-Pa55word!"
+
+
+def _declared_version(data: bytes) -> str:
+    """The agent's `AGENT_VERSION = "..."` line, read with a regex of this test (not agent_version_of)."""
+    (found,) = re.findall(rb'^AGENT_VERSION = "([^"\n]+)"$', data, re.MULTILINE)
+    return found.decode()
+
+
+def _sha256sum(path: Path) -> str:
+    """The coreutils tool's answer: a checksum computed outside Python and outside drbook."""
+    out = subprocess.run(["sha256sum", "--", str(path)], check=True, capture_output=True, text=True).stdout
+    return out.split()[0]
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +136,11 @@ def test_put_file_chunks_stay_under_the_envelope_limit_and_arrive_intact(
     assert responder.windows.file(r"C:\Program Files\drbook\blob.bin") == data
     (receive,) = responder.windows.scripts("receive")
     assert "$path = 'C:\\Program Files\\drbook\\blob.bin'" in receive
+    # a path with a space and a quote reaches the receiver quoted, and the file lands under it
+    with WinRmShell(win) as shell:
+        shell.put_file(str(local), r"C:\dr book\it's.bin")
+    assert responder.windows.file(r"C:\dr book\it's.bin") == data
+    assert "    $path = 'C:\\dr book\\it''s.bin'\n" in responder.windows.scripts("receive")[-1]
 
 
 def test_open_process_is_not_supported(win: MachineConfig):
@@ -203,18 +222,39 @@ def test_push_agent_to_windows_installs_verifies_and_is_then_unchanged(
     win: MachineConfig, responder: WinRmResponder, tmp_path: Path
 ):
     agent = tmp_path / "agent.py"
-    agent.write_bytes(mobility.DEFAULT_AGENT.read_bytes())
-    version, sha = mobility.agent_version_of(agent), mobility.file_sha256(agent)
+    data = mobility.DEFAULT_AGENT.read_bytes()
+    agent.write_bytes(data)
+    # Expected values computed here: the version by this test's regex, the hash by hashlib and
+    # by coreutils' sha256sum (never drbook's agent_version_of).
+    version, sha = _declared_version(data), hashlib.sha256(data).hexdigest()
+    assert _sha256sum(agent) == sha
+    staged = f"C:\\Program Files\\drbook\\.agent.py.{sha[:16]}.staged"
     host = responder.windows
     with WinRmShell(win) as shell:
         first = mobility.push_agent(shell, win, agent_path=agent)
         assert (first.action, first.version, first.sha256) == ("installed", version, sha)
         assert [r.kind for r in host.recorded] == ["preflight", "status", "receive", "install", "agent-version", "status"]
+        (receive,) = host.scripts("receive")
+        assert f"    $path = '{staged}'\n" in receive  # uploaded to the staging file
         (install,) = host.scripts("install")
-        assert install == PREAMBLE + mobility.render_install_script(win, version, sha)
-        assert "$dir = 'C:\\Program Files\\drbook'" in install and f"$expected = '{sha}'" in install
-        assert host.file(r"C:\Program Files\drbook\agent.py") == agent.read_bytes()
+        # The install script as sent: the client's preamble, then the script, whose key lines are
+        # written out here (not rendered by drbook's templates).
+        assert install.startswith(PREAMBLE)
+        lines = install[len(PREAMBLE):].splitlines()
+        assert lines[0] == f"# drbook:install version={version} sha256={sha}"
+        for line in (
+            "$dir = 'C:\\Program Files\\drbook'",
+            f"$staged = '{staged}'",
+            f"$expected = '{sha}'",
+            f"$version = '{version}'",
+        ):
+            assert line in lines, line
+        # What the install left on the machine, read back from its file store.
+        assert host.file(r"C:\Program Files\drbook\agent.py") == agent.read_bytes() == data
+        assert hashlib.sha256(host.file(r"C:\Program Files\drbook\agent.py")).hexdigest() == sha
         assert host.file(r"C:\Program Files\drbook\VERSION") == f"{version}\n".encode()
+        assert host.file(r"C:\Program Files\drbook\SHA256") == f"{sha}\n".encode()
+        assert host.file(staged) is None  # moved, not copied
         (version_query,) = host.scripts("agent-version")
         assert "& 'python' 'C:\\Program Files\\drbook\\agent.py' --version" in version_query
 
@@ -224,9 +264,17 @@ def test_push_agent_to_windows_installs_verifies_and_is_then_unchanged(
         assert [r.kind for r in host.recorded[recorded:]] == ["preflight", "status", "agent-version", "status"]
 
         agent.write_text(agent.read_text().replace(f'AGENT_VERSION = "{version}"', 'AGENT_VERSION = "42.0.0-win"', 1))
+        newer = agent.read_bytes()
+        newer_sha = hashlib.sha256(newer).hexdigest()
+        assert newer_sha != sha and _sha256sum(agent) == newer_sha
         third = mobility.push_agent(shell, win, agent_path=agent)
         assert (third.action, third.version, third.previous_version) == ("upgraded", "42.0.0-win", version)
+        assert third.sha256 == newer_sha
         assert mobility.installed_version(shell, win) == "42.0.0-win"
+    assert host.file(r"C:\Program Files\drbook\agent.py") == newer
+    assert host.file(r"C:\Program Files\drbook\VERSION") == b"42.0.0-win\n"
+    assert host.file(r"C:\Program Files\drbook\SHA256") == f"{newer_sha}\n".encode()
+    assert f"$expected = '{newer_sha}'" in host.scripts("install")[-1].splitlines()
 
 
 def test_windows_install_failure_is_an_error(win: MachineConfig, responder: WinRmResponder, tmp_path: Path):
