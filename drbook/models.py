@@ -20,7 +20,7 @@ import enum
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 def utcnow() -> dt.datetime:
@@ -48,12 +48,22 @@ class ItemState(str, enum.Enum):
     FAILED_BACK = "failed-back"
 
 
+# Upper bounds of a policy's numbers: beyond them the setting is a typo (and timedelta
+# overflows long before infinity). A retention of 0 or less would purge all but the newest point.
+POLICY_LIMITS = {"rpo_threshold_minutes": 7 * 24 * 60, "crash_frequency_minutes": 7 * 24 * 60,
+                 "app_frequency_minutes": 7 * 24 * 60, "retention_hours": 10 * 365 * 24}
+
+
 class Policy(Doc):
+    # Finite and in range wherever a Policy comes from (the site config, the vault, code):
+    # retention must never purge everything, nor crash on NaN.
+    model_config = ConfigDict(allow_inf_nan=False)
+
     name: str = "default"
     # Minutes; fractions are allowed (tests and the lab use seconds-level policies).
-    rpo_threshold_minutes: float = Field(15, gt=0)
-    crash_frequency_minutes: float = Field(5, gt=0)
-    app_frequency_minutes: float = Field(60, gt=0)
+    rpo_threshold_minutes: float = 15
+    crash_frequency_minutes: float = 5
+    app_frequency_minutes: float = 60
     retention_hours: float = 24
     # Where a cycle's segments wait between the agent and the page writes. "cache" (DESIGN
     # §2): in the cache container, so a process server lost after the commit marker is
@@ -62,6 +72,14 @@ class Policy(Doc):
     # between the commit marker and the point costs that point (the next cycle puts the
     # blocks it may have written back from the last point's snapshot).
     staging: Literal["cache", "local"] = "cache"
+
+    @field_validator(*POLICY_LIMITS)
+    @classmethod
+    def _in_range(cls, v: float, info: ValidationInfo) -> float:
+        limit = POLICY_LIMITS[info.field_name]  # type: ignore[index]
+        if not 0 < v <= limit:
+            raise ValueError(f"must be greater than 0 and at most {limit:g}")
+        return v
 
 
 class ProtectedDisk(Doc):
