@@ -1,0 +1,153 @@
+"""The chaos suite's long run: replication cycles struck by random faults, then drills under
+ARM faults, on the lab. The short seeded version is tests/chaos/test_chaos.py.
+
+    .venv/bin/python bench/bench_chaos.py [--cycles 100] [--seed 20261203] [--drills 6] [--machine app02]
+
+Needs the lab up (`drbook-lab up`) and nothing else using it: the run kills Azurite, the
+machine's sshd, the agent, the Prefect worker and the process server's cycles.
+
+Cycles: `--cycles` replication cycles of one machine while the workload writer writes;
+every other cycle is struck by a fault from the seeded plan (tests/chaos/faults.py: all
+five kinds, every phase), the next one must make a point. Every point is checked once
+when it appears (block by block against its manifest; byte for byte against the workload
+log at its freeze instant) and every acknowledged point must still exist at the end.
+Goal (issue 14): 0 torn points, 0 byte mismatches, 0 lost acknowledged points.
+
+Drills: `--drills` unattended drills (scheduled-drill) of the machine, each with a random
+ARM fault injected (429 with Retry-After, a 500, a provisioning failure) on a random
+operation; each completes or fails, and either way nothing tagged with its run is left
+and its resource group is gone. Goal: 0 leaked resources.
+
+Prints one result line; writes bench/results/chaos.json (figures in docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_scan import write_result  # noqa: E402
+
+# What an ARM fault can hit during a drill, and how.
+ARM_OPERATIONS = ("Microsoft.Compute/disks/write", "Microsoft.Network/networkInterfaces/write",
+                  "Microsoft.Compute/virtualMachines/write", "Microsoft.Resources/resourceGroups/write")
+ARM_FAULTS = ("throttle", "server_error", "fail_provisioning")
+
+
+def _drill_under_fault(site_path: str, machine: str, arm, rng: random.Random) -> dict:  # noqa: ANN001 - ArmLabControl
+    from drbook.adapters.azure import AzureClients
+    from drbook.failover.build import resources_of_run
+    from drbook.flows.drill import scheduled_drill_flow
+    from drbook.models import DrillRecord
+    from drbook.site import open_site
+    from drbook.vault import DRILLS_PREFIX
+
+    site = open_site(site_path)
+    before = {d.drill_id for d in site.vault.list(DRILLS_PREFIX, DrillRecord)}
+    operation, kind = rng.choice(ARM_OPERATIONS), rng.choice(ARM_FAULTS)
+    if kind == "fail_provisioning" and not operation.endswith("virtualMachines/write"):
+        operation = "Microsoft.Compute/virtualMachines/write"  # only a VM provisions
+    arm.inject_fault(operation, **({"throttle": 1, "retry_after": 1} if kind == "throttle" else {kind: 1}))
+    error = None
+    try:
+        scheduled_drill_flow([machine], site_path=site_path)
+    except Exception as exc:  # the drill may fail under the fault; what matters is what it left
+        error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    finally:
+        arm.clear_faults()
+    drills = [d for d in site.vault.list(DRILLS_PREFIX, DrillRecord) if d.drill_id not in before]
+    sdk = AzureClients(site.cfg.azure)
+    leaked: list[str] = []
+    for d in drills:
+        run_id = d.report.get("flow_run_id", "")
+        leaked += [r.id for r in resources_of_run(site.azure, run_id)] if run_id else []
+        if sdk.resource.resource_groups.check_existence(d.resource_group):
+            leaked.append(f"resource group {d.resource_group}")
+    return {"fault": f"{kind} on {operation}", "completed": error is None, "error": error,
+            "drills": [d.status for d in drills], "leaked": leaked}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=20261203)
+    ap.add_argument("--drills", type=int, default=6)
+    ap.add_argument("--machine", default="app02")
+    args = ap.parse_args()
+
+    from lab.arm.control import ArmLabControl
+    from lab.control import Lab
+    from lab.spec import load_spec
+
+    spec = load_spec()
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{spec.ports.prefect}/api"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+    from drbook.flows.prepare_azure import prepare_azure_flow
+    from drbook.flows.replication import enable_replication_flow
+    from tests.chaos.faults import Chaos, plan
+    from tests.conftest import make_site
+    from tests.dispatcher_deployment import lab_schedules_paused
+    from tests.lab_site import start_writer
+
+    lab_control = Lab(spec)
+    lab = lab_control.status()
+    if not lab["up"]:
+        raise SystemExit("the lab is not up: run `drbook-lab up`")
+    work = Path(tempfile.mkdtemp(prefix="bench-chaos-"))
+    site_path = make_site(lab, work)
+    t_start = time.monotonic()
+    with lab_schedules_paused():
+        prepare_azure_flow(site_path=site_path)
+        enable_replication_flow([args.machine], site_path=site_path)
+        writer = start_writer(lab, args.machine, work, rate=2, seed=args.seed % 1000, seconds=24 * 3600)
+        chaos = Chaos(site_path, args.machine, lab_control, writer).start()
+        outcomes = []
+        try:
+            time.sleep(1)
+            for i, fault in enumerate(plan(args.seed, args.cycles // 2)):
+                outcome = chaos.strike(fault)
+                outcomes.append(outcome)
+                chaos.clean_cycle()
+                chaos.check()
+                print(f"{i + 1:3d} {fault.label():40s} fired={outcome.fired} "
+                      f"{outcome.cycle_error or ('point ' + str(outcome.point_id))}"[:160], file=sys.stderr, flush=True)
+            chaos.check()
+        finally:
+            writer.stop()
+        cycles_s = time.monotonic() - t_start
+        arm = ArmLabControl(lab["arm"]["base_url"], lab["ca_bundle"])
+        rng = random.Random(args.seed)
+        drills = []
+        for i in range(args.drills):
+            drills.append(_drill_under_fault(site_path, args.machine, arm, rng))
+            print(f"drill {i + 1}: {drills[-1]['fault']}: completed={drills[-1]['completed']} "
+                  f"leaked={len(drills[-1]['leaked'])}", file=sys.stderr, flush=True)
+    t = chaos.tally
+    result = {
+        "seed": args.seed, "machine": args.machine, **t.as_dict(),
+        "not_fired": [o.fault.label() + ": " + o.evidence for o in outcomes if not o.fired],
+        "struck_cycles_that_still_made_a_point": sum(1 for o in outcomes if o.point_id),
+        "cycles_seconds": round(cycles_s, 1),
+        "drills": drills, "drills_completed": sum(d["completed"] for d in drills),
+        "drill_leaks": sum(len(d["leaked"]) for d in drills),
+    }
+    write_result("chaos", result)
+    print(f"chaos (seed {args.seed}): {t.cycles} cycles, {sum(t.faults.values())} faults {dict(t.faults)} "
+          f"({sum(t.fired.values())} fired), {t.points_checked} points checked: {len(t.torn)} torn, "
+          f"{len(t.mismatches)} mismatches, {len(t.lost)} lost; {len(drills)} drills under ARM faults: "
+          f"{result['drills_completed']} completed, {result['drill_leaks']} leaked resources; {cycles_s:.0f}s of cycles")
+    ok = not (t.torn or t.mismatches or t.lost or result["drill_leaks"] or result["not_fired"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
