@@ -5,7 +5,8 @@
 #      module stays on one worker) for every test not marked `serial`;
 #   2. alone, the tests marked `serial`: they kill, stop or inject faults into a shared lab
 #      service (Azurite, an sshd, the ARM emulator) or write a lab machine's disk, which
-#      test_e2e_continuous and test_e2e_rpo_alert replicate in phase 1.
+#      test_e2e_continuous and test_e2e_rpo_alert (app02) and test_e2e_crash (app01) replicate
+#      in phase 1.
 # DRBOOK_TEST_WORKERS=1 runs everything in one pytest session instead.
 # Exit: 0 when both phases pass, else the first failing phase's pytest code (3: no lab).
 set -uo pipefail

@@ -57,6 +57,8 @@ def test_deleting_a_group_deletes_everything_in_it(arm):
     assert len(_disk_blobs(arm)) == 2  # the imported disk's bytes and its snapshot's
     arm.rg("keep")
     kept = arm.disk("keep", "survivor")
+    # Long enough to be seen Deleting on a loaded machine (the default finishes in a blink)
+    arm.control.set_operation("Microsoft.Resources/subscriptions/resourceGroups/delete", duration=3)
     poller = arm.resources.resource_groups.begin_delete("rg")
     assert arm.resources.resource_groups.get("rg").properties.provisioning_state == "Deleting"
     with pytest.raises(ResourceExistsError) as exc:
