@@ -81,14 +81,26 @@ def _fresh_recovery_site(lab) -> None:
 
 
 def main() -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from lab.control import Lab
+
+    lab = Lab()
+    # drbook in this process (the mode check, the list of waiting approvals) must reach the
+    # lab's Prefect too: Prefect reads its settings when first imported, so setting the
+    # environment later (below, for the CLI's subprocesses) would leave this process on a
+    # temporary server of its own.
+    with temporary_settings(updates={PREFECT_API_URL: lab.prefect_api_url}):
+        _demo(lab)
+
+
+def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
     import json
 
     from drbook.cli import result_table
     from lab.cli import print_status
-    from lab.control import Lab
     from lab.workload_control import start_workload, writer
 
-    lab = Lab()
     with stage("lab up"):
         status = lab.up()
         # What `eval "$(drbook-lab env)"` does in a shell: drbook finds the site and Prefect.
