@@ -529,6 +529,9 @@ class Lab:
             ],
             # RPO alerts (drbook.alerts) go to the lab's webhook receiver.
             "alerts": {"webhook_url": status["webhook"]["url"]},
+            # A crash point a minute (ASR's default is five): `make demo` shows the worker's
+            # scheduled replication make a point while it watches. Tests' sites copy this.
+            "policies": [{"name": "default", "crash_frequency_minutes": 1, "rpo_threshold_minutes": 5}],
         }
         path = self.dir / "site.yaml"
         tmp = path.with_suffix(".tmp")

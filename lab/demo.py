@@ -134,6 +134,9 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
                 raise SystemExit("demo: `drbook replicate --all --once` failed")
         drbook("points", "db01")
 
+    with stage("scheduled replication, no command typed"):
+        _wait_for_scheduled_point("db01", after=json.loads(drbook("points", "db01", "--json").stdout)[0]["time"])
+
     points = json.loads(drbook("points", "db01", "--json").stdout)
     older = points[-1]["id"] if len(points) > 1 else points[0]["id"]
     with stage("verify a point") as row:
@@ -205,6 +208,27 @@ def _choose_mode() -> None:
         console.print(f"[yellow]the lab has no deployments ({exc}); the stages run in this process (--local)[/yellow]")
     else:
         console.print("every stage below is a run of its deployment on the lab's process-server worker")
+
+
+def _wait_for_scheduled_point(item: str, after: str, timeout: float = 120) -> None:
+    """A point the lab's worker made on its own: the continuous-replication deployment (every
+    30 s) starts a cycle when the policy says one is due."""
+    import datetime as dt
+
+    from drbook.site import open_site
+
+    site = open_site(os.environ["DRBOOK_SITE"])
+    since = dt.datetime.fromisoformat(after.replace("Z", "+00:00"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        newer = [p for p in site.engine.points.points(item) if p.time > since]
+        if newer:
+            console.print(f"the worker's scheduled replication made {newer[-1].id} of {item} "
+                          f"({newer[-1].time:%H:%M:%S}) with no command typed")
+            return
+        time.sleep(2)
+    console.print(f"[yellow]no scheduled point of {item} within {timeout:.0f}s: is the lab's "
+                  f"continuous-replication deployment paused (a test session running)?[/yellow]")
 
 
 def _wait_for_approval(timeout: float = 120) -> str:
