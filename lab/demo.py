@@ -159,7 +159,8 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
     with stage("planned failover, approved") as row:
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(
-            proc=drbook("failover", "app01", "app02", "--planned", "--json", "--approval-timeout", "300")))
+            proc=drbook("failover", "app01", "app02", "--planned", "--json", "--approval-timeout", "300",
+                        check=False)))
         runner.start()
         run_id = _wait_for_approval()
         from drbook.runs import url_of
@@ -169,6 +170,8 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         drbook("approvals")
         drbook("approve", run_id, "--comment", "demo: planned failover of the app tier")
         runner.join()
+        if result["proc"].returncode != 0:  # its error line is printed above
+            raise SystemExit(f"demo: the failover failed (exit {result['proc'].returncode})")
         failover = json.loads(result["proc"].stdout)
         _fill(row, failover["results"])
         result_table(f"failover {failover['run_id']}", failover["results"])

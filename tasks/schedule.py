@@ -25,18 +25,22 @@ LIVE_STATES = ("SCHEDULED", "PENDING", "RUNNING")
 
 
 def held_item_locks(site: Site, names: list[str]) -> dict[str, str]:
-    """item -> holder, for items whose lock (`locks/item-<name>`, taken by every cycle) is
-    leased right now. An expired lease (its holder died) reads as free."""
+    """item -> holder, for items whose lock is leased right now: `locks/item-<name>` (taken by
+    every cycle) or `locks/failover-<name>` (held by a failover from before its approval to
+    its end: a scheduled cycle then would take the item from under the failover's final
+    cycle). An expired lease (its holder died) reads as free."""
     held = {}
     for name in names:
-        blob = site.vault.container.get_blob_client(lock_key(f"item-{name}"))
-        try:
-            with map_blob_errors(f"read lock item-{name}"):
-                props = blob.get_blob_properties()
-        except NotFoundError:
-            continue  # never locked
-        if props.lease.state == "leased":
-            held[name] = (props.metadata or {}).get("holder") or "a holder that did not record itself"
+        for lock in (f"item-{name}", f"failover-{name}"):
+            blob = site.vault.container.get_blob_client(lock_key(lock))
+            try:
+                with map_blob_errors(f"read lock {lock}"):
+                    props = blob.get_blob_properties()
+            except NotFoundError:
+                continue  # never locked
+            if props.lease.state == "leased":
+                held[name] = (props.metadata or {}).get("holder") or "a holder that did not record itself"
+                break
     return held
 
 
