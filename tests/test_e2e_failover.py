@@ -265,7 +265,10 @@ def test_planned_failover_of_a_group_loses_no_write(sdk, lab, site, site_path, t
         time.sleep(1.5)
         thread, out = run_in_thread(failover_flow, ["app01", "app02"], planned=True, approval_timeout=60,
                                     site_path=site_path)
-        run_id = wait_for_paused_run(["app01", "app02"], site_path)
+        try:
+            run_id = wait_for_paused_run(["app01", "app02"], site_path)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the flow: {out.get('error')!r}") from None
         answer(run_id, approve=True, approver="tester")
         thread.join(300)
         assert "result" in out, f"planned failover failed: {out.get('error')!r}"
