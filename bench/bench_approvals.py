@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_scan import lab_control as bench_lab  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 POOL = "drbook-process-server"
@@ -66,12 +69,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     args = ap.parse_args()
 
-    from lab.control import Lab
-    from lab.spec import load_spec
-
-    spec = load_spec()
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{spec.ports.prefect}/api"
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    lab_control = bench_lab()
     from prefect import get_client
 
     from drbook.approvals import answer, waiting_approvals
@@ -79,7 +77,6 @@ def main() -> None:
     from drbook.flows.replication import enable_replication_flow
     from tests.conftest import make_site
 
-    lab_control = Lab(spec)
     lab = lab_control.status()
     services = {"prefect server": lab_control.managed("prefect").pid(), "azurite": lab_control.managed("azurite").pid()}
     cpu_seconds(services["prefect server"]), cpu_seconds(services["azurite"])  # fail now, not after the set-up

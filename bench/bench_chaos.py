@@ -24,7 +24,6 @@ Prints one result line; writes bench/results/chaos.json (figures in docs/reliabi
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scan import write_result  # noqa: E402
+from bench_scan import lab_control as bench_lab, write_result  # noqa: E402
 
 # What an ARM fault can hit during a drill, and how.
 ARM_OPERATIONS = ("Microsoft.Compute/disks/write", "Microsoft.Network/networkInterfaces/write",
@@ -83,13 +82,8 @@ def main() -> int:
     ap.add_argument("--machine", default="app02")
     args = ap.parse_args()
 
+    lab_control = bench_lab()
     from lab.arm.control import ArmLabControl
-    from lab.control import Lab
-    from lab.spec import load_spec
-
-    spec = load_spec()
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{spec.ports.prefect}/api"
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
     from drbook.flows.prepare_azure import prepare_azure_flow
     from drbook.flows.replication import enable_replication_flow
@@ -98,7 +92,6 @@ def main() -> int:
     from tests.dispatcher_deployment import lab_schedules_paused
     from tests.lab_site import start_writer
 
-    lab_control = Lab(spec)
     lab = lab_control.status()
     if not lab["up"]:
         raise SystemExit("the lab is not up: run `drbook-lab up`")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scan import write_result  # noqa: E402
+from bench_scan import lab_control as bench_lab, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -46,12 +45,7 @@ def main() -> int:
 
     import yaml
 
-    from lab.control import Lab
-    from lab.spec import load_spec
-
-    spec = load_spec()
-    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{spec.ports.prefect}/api"
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    lab_control = bench_lab()
 
     from drbook.flows.replication import enable_replication_flow
     from drbook.site import forget_sites, open_site
@@ -59,7 +53,7 @@ def main() -> int:
     from tests.dispatcher_deployment import cycle_runs, dispatcher_deployment, lab_schedules_paused
     from tests.lab_site import start_writer
 
-    lab = Lab(spec).status()
+    lab = lab_control.status()
     if not lab["up"]:
         raise SystemExit("the lab is not up: run `drbook-lab up`")
     work = Path(tempfile.mkdtemp(prefix="bench-continuous-"))

@@ -118,6 +118,18 @@ def machine_info() -> dict:
             "agent_version": agent_mod.AGENT_VERSION}
 
 
+def lab_control():
+    """The lab (lab.control.Lab), with this process pointed at its Prefect. Call it before
+    anything imports prefect: Prefect reads its settings when first imported."""
+    from lab.control import Lab
+    from lab.spec import load_spec
+
+    spec = load_spec()
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{spec.ports.prefect}/api"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    return Lab(spec)
+
+
 def write_result(name: str, doc: dict) -> Path:
     """bench/results/<name>.json (the latest) and <name>-<time>.json (kept: the box is shared
     and runs vary with its load)."""
