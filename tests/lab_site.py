@@ -114,3 +114,27 @@ def wait_for_paused_run(machines: list[str], site_path: str, timeout: float = 60
                 return row["run_id"]
         time.sleep(0.2)
     raise AssertionError(f"no paused run for {want} of {site_path}")
+
+
+def point_problems(site, item: str, point, expected) -> tuple[list[str], list[str]]:  # noqa: ANN001
+    """A recovery point held to the truth with one read of each disk's snapshot: its blocks
+    against the point's manifest, VHD footer and padding (torn?), and its bytes against
+    `expected(disk)`, what the workload log says the disk held at the freeze instant
+    (mismatch?). Returns (torn, mismatched), each a list of what is wrong."""
+    from drbook.replication.verify import check_against_manifest
+
+    torn, mismatched = [], []
+    for d in point.disks:
+        manifest = site.engine.points.manifest(item, point.id, d.disk)
+        if manifest is None:
+            torn.append(f"{point.id} {d.disk}: no manifest")
+            continue
+        blob = site.blob_service.get_blob_client(d.container, d.blob, snapshot=d.snapshot)
+        raw = blob.download_blob(max_concurrency=4).readall()
+        check = check_against_manifest(lambda offset, length: raw[offset:offset + length], len(raw), manifest)
+        if not check.ok:
+            torn.append(f"{point.id} {d.disk}: bad blocks {check.bad_blocks[:8]}, footer {check.footer_error}, "
+                        f"padding zero: {check.tail_ok}")
+        elif raw[:d.size_bytes] != expected(d.disk):
+            mismatched.append(f"{point.id} {d.disk}: not the disk at its freeze instant")
+    return torn, mismatched

@@ -2,7 +2,8 @@
 # `make test`: every test on one lab, brought up once (and taken down after, unless it was
 # up before or DRBOOK_KEEP_LAB=1), in two phases:
 #   1. two pytest-xdist workers (--dist loadfile: a module's tests build on each other, so a
-#      module stays on one worker) for every test not marked `serial`;
+#      module stays on one worker) for every test not marked `serial`, the slowest modules
+#      first (tests/conftest.py SLOW_FIRST);
 #   2. alone, the tests marked `serial`: they kill, stop or inject faults into a shared lab
 #      service (Azurite, an sshd, the ARM emulator) or write a lab machine's disk, which
 #      test_e2e_continuous and test_e2e_rpo_alert (app02) and test_e2e_crash (app01) replicate
@@ -32,8 +33,8 @@ if [ "$WORKERS" -le 1 ]; then
   $PY -m pytest "$@"
   exit $?
 fi
-say "phase 1: $WORKERS workers (pytest -n $WORKERS --dist loadfile -m 'not serial')"
-$PY -m pytest -n "$WORKERS" --dist loadfile -m "not serial" "$@"
+say "phase 1: $WORKERS workers (pytest -n $WORKERS --dist loadfile -m 'not serial'; slowest modules first)"
+$PY -m pytest -n "$WORKERS" --dist loadfile --no-loadscope-reorder -m "not serial" "$@"
 one=$?
 say "phase 2: the serial tests, alone (pytest -m serial)"
 $PY -m pytest -m serial "$@"

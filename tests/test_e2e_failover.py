@@ -229,9 +229,17 @@ def test_a_failure_after_the_build_moves_the_moved_items_back_and_sweeps_every_v
 
 
 def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_commits(
-        sdk, site, site_path, arm, lab_control):
+        sdk, lab, site, site_path, arm, lab_control, tmp_path):
     """The data center is gone (db01's sshd is down): `latest` cannot take a final point and
-    falls back to the newest one; ARM throttles and fails once on the way; it completes."""
+    falls back to the newest one; ARM throttles and fails once on the way; it completes, and
+    the disks in Azure are the workload's at that point's freeze instant. Then a commit and a
+    second failover of db01 start at once: the commit proceeds, the failover is refused."""
+    writer = start_writer(lab, "db01", tmp_path, seed=23)
+    try:
+        time.sleep(1.0)
+        replicate_flow(["db01"], site_path=site_path)
+    finally:
+        writer.stop()
     newest = max(site.engine.points.points("db01"), key=lambda p: p.time)
     lab_control.managed("sshd-db01").stop()
     arm.inject_fault("Microsoft.Compute/disks/write", server_error=1)
@@ -242,21 +250,37 @@ def test_unplanned_failover_with_the_source_gone_and_arm_faults_completes_then_c
         run_id = wait_for_paused_run(["db01"], site_path)
         answer(run_id, approve=True, approver="tester", comment="go")
         thread.join(300)
+        fired = arm.faults()
     finally:
         arm.clear_faults()
         lab_control.up()
     assert "result" in out, f"failover failed: {out.get('error')!r}"
+    # both injected faults were answered on the way (their counters ran down)
+    assert fired["microsoft.compute/disks/write"]["serverError"] == 0, fired
+    assert fired["microsoft.network/networkinterfaces/write"]["throttle"] == 0, fired
     result = out["result"]
     assert result["results"][0]["verified"]
     assert result["results"][0]["point_id"] == newest.id
     item = site.vault.item("db01")
     assert item.state == ItemState.FAILED_OVER and item.failover_point_id == result["results"][0]["point_id"]
-    vm = sdk.compute.virtual_machines.get(site.cfg.azure.resource_group, result["vms"][0]["vm_name"])
-    assert vm.tags["drbook-item"] == "db01"
+    [vm] = result["vms"]
+    assert sdk.compute.virtual_machines.get(site.cfg.azure.resource_group, vm["vm_name"]).tags["drbook-item"] == "db01"
+    _deallocate(sdk, vm)
+    for d in vm["disks"]:
+        size = next(x.size_bytes for x in newest.disks if x.disk == d["disk"])
+        got = _disk_bytes(site, sdk, d["resource_group"], d["name"], size)
+        assert got == writer.expected(d["disk"], _point_seq(newest)), f"{d['name']} is not db01 at {newest.id}"
 
-    committed = commit_flow(["db01"], site_path=site_path)
+    resources = _everything(sdk, site)["resources"]
+    commit_thread, commit_out = run_in_thread(commit_flow, ["db01"], site_path=site_path)
+    with pytest.raises((LeaseHeldError, StateTransitionError), match="db01"):
+        failover_flow(["db01"], point="latest-processed", approval_timeout=5, site_path=site_path)
+    commit_thread.join(120)
+    assert "result" in commit_out, f"the commit did not proceed: {commit_out.get('error')!r}"
+    committed = commit_out["result"]
     assert site.vault.item("db01").state == ItemState.COMMITTED
     assert [p.id for p in site.engine.points.points("db01")] == [committed["db01"]["kept_point"]]
+    assert _everything(sdk, site)["resources"] == resources, "the refused failover built something"
 
 
 def test_planned_failover_of_a_group_loses_no_write(sdk, lab, site, site_path, tmp_path):
