@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import getpass
 import json
-from uuid import UUID
 
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
@@ -19,6 +18,7 @@ from prefect.exceptions import ObjectNotFound
 
 from drbook.errors import DRError, NotFoundError
 from drbook.failover.approval import require_point_value
+from drbook.runs import require_run_id
 
 
 def waiting_approvals() -> list[dict]:
@@ -58,10 +58,7 @@ def answer(run_id: str, *, approve: bool, comment: str = "", approver: str | Non
     """Resume a paused run with a filled-in form. The approver defaults to the OS user; a
     `point` must be one of the form's choices (an id, a keyword or a full label), else the
     run is left paused and the error lists the choices."""
-    try:
-        rid = UUID(run_id)
-    except ValueError:
-        raise DRError(f"{run_id!r} is not a flow run id (see `drbook approvals`)") from None
+    rid = require_run_id(run_id)
     with get_client(sync_client=True) as client:
         try:
             run = client.read_flow_run(rid)

@@ -51,17 +51,48 @@ DEPLOYMENTS = {
 }
 
 
-def _stage(command: str, flow_fn, params: dict, *, local: bool, no_wait: bool, site: Optional[Path],
-           as_json: bool = False, bars: bool = False):
+# Each stage's flow, for --local (its deployment's entrypoint): imported only to run it
+# (Prefect and the SDKs take seconds to import; a refused argument should not wait for them).
+FLOWS = {
+    "discover": "drbook.flows.discover.discover_flow",
+    "push-mobility": "drbook.flows.push_mobility.push_mobility_flow",
+    "protect": "drbook.flows.replication.enable_replication_flow",
+    "replicate": "drbook.flows.replication.replicate_flow",
+    "verify": "drbook.flows.replication.verify_point_flow",
+    "retention": "drbook.flows.replication.retention_flow",
+    "prepare-azure": "drbook.flows.prepare_azure.prepare_azure_flow",
+    "test-failover": "drbook.flows.drill.drill_flow",
+    "test-failover-cleanup": "drbook.flows.drill.drill_cleanup_flow",
+    "failover": "drbook.flows.failover.failover_flow",
+    "commit": "drbook.flows.failover.commit_flow",
+    "reconcile": "drbook.flows.reconcile.reconcile_flow",
+}
+
+
+def _stage(command: str, params: dict, *, local: bool, no_wait: bool, site: Optional[Path],
+           as_json: bool = False, bars: bool = False, note: Optional[str] = None):
     """Run a stage: a run of its deployment, followed to its end (its result returned, or its
-    outcome raised as a DRError with that outcome's exit code); --local runs flow_fn here."""
+    outcome raised as a DRError with that outcome's exit code); --local runs its flow here
+    (`note` is said first), once the site config and the names given are checked."""
     from drbook.errors import InvalidParameters
 
     if local:
         if no_wait:
             raise InvalidParameters("--no-wait starts a run on the worker; it does not go with --local")
-        with _bars() if bars else nullcontext():
-            return flow_fn(**params, site_path=_site_path(site))
+        site_path = _site_path(site)
+        _check_local(site_path, params)
+        from importlib import import_module
+
+        from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+        module, name = FLOWS[command].rsplit(".", 1)
+        flow_fn = getattr(import_module(module), name)
+        if note:
+            console.print(note)
+        # Short CLI runs do not need heartbeats (1 s per run joining the thread; DESIGN.md §6).
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), \
+                _bars() if bars else nullcontext():
+            return flow_fn(**params, site_path=site_path)
     if site is not None:
         # The worker runs the flow with its own site (DRBOOK_SITE in the deployment's job
         # variables): a path on this machine means nothing on the worker's host, and a run must be
@@ -81,9 +112,25 @@ def _stage(command: str, flow_fn, params: dict, *, local: bool, no_wait: bool, s
     return runs.follow(ref, console=console)
 
 
+def _check_local(site_path: str, params: dict) -> None:
+    """Before a run in this process exists (it starts by asking the Prefect server): the site
+    config is valid and names the machines and the policy given (a ConfigError, exit 2)."""
+    from drbook.config import load_site
+
+    cfg = load_site(Path(site_path))
+    for name in [*(params.get("machines") or []), *([params["machine"]] if params.get("machine") else [])]:
+        cfg.machine(name)
+    if params.get("policy"):
+        cfg.policy(params["policy"])
+
+
 @contextmanager
 def _bars():
-    """A rich progress bar for long work (initial copy, cycles, verification)."""
+    """A rich progress bar for long work (initial copy, cycles, verification); none when stderr
+    is not a terminal (rich would leave an empty line there, and a bar in a log is noise)."""
+    if not console.is_terminal:
+        yield
+        return
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from drbook.progress import cli_progress
@@ -112,13 +159,12 @@ def _site_path(site: Optional[Path]) -> str:
 def discover_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
                  local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Inventory of vCenter and the site's physical servers; says what changed."""
-    from drbook.discovery import Inventory, render_inventory
-    from drbook.flows.discover import discover_flow
-
-    result = _stage("discover", discover_flow, {}, local=local, no_wait=no_wait, site=site, as_json=as_json)
+    result = _stage("discover", {}, local=local, no_wait=no_wait, site=site, as_json=as_json)
     if as_json:
         emit_json(result)
         return
+    from drbook.discovery import Inventory, render_inventory
+
     out.print(render_inventory(Inventory.model_validate(result["inventory"])))
     ch = result["changes"]
     console.print(f"changes since last discovery: {len(ch['new'])} new, {len(ch['removed'])} removed, {len(ch['changed'])} changed")
@@ -135,15 +181,13 @@ def push_mobility_cmd(
     no_wait: bool = NoWaitOpt,
 ) -> None:
     """Install or upgrade the mobility agent on machines (SSH for Linux, WinRM for Windows)."""
-    from drbook.flows.push_mobility import push_mobility_flow
-
     if local:
         names = _machines_or_all(_site_path(site), machines, all_machines)
     elif all_machines:
         names = _machines_or_all(_worker_site_path("push-mobility"), machines, all_machines)
     else:
         names = _machines_or_all(None, machines, all_machines)
-    rows = _stage("push-mobility", push_mobility_flow, {"machines": names, "force": force}, local=local,
+    rows = _stage("push-mobility", {"machines": names, "force": force}, local=local,
                   no_wait=no_wait, site=site, as_json=as_json)
     if as_json:
         emit_json(rows)
@@ -211,9 +255,7 @@ def protect_cmd(
     no_wait: bool = NoWaitOpt,
 ) -> None:
     """Push the agent if needed, enable replication, run the initial copy."""
-    from drbook.flows.replication import enable_replication_flow
-
-    result = _stage("protect", enable_replication_flow, {"machines": machines, "policy": policy, "group": group},
+    result = _stage("protect", {"machines": machines, "policy": policy, "group": group},
                     local=local, no_wait=no_wait, site=site, bars=True)
     _table("protected", result, ["item", "state", "point", "consistency", "bytes_sent", "seconds"])
 
@@ -230,9 +272,10 @@ def replicate_cmd(
     no_wait: bool = NoWaitOpt,
 ) -> None:
     """Run one replication cycle."""
-    from drbook.flows.replication import replicate_flow
+    if not (machines or group or all_items):
+        raise typer.BadParameter("name machines, --group or --all")
 
-    result = _stage("replicate", replicate_flow,
+    result = _stage("replicate",
                     {"machines": machines or [], "group": group, "all_items": all_items,
                      "want": "app" if app_consistent else "crash"},
                     local=local, no_wait=no_wait, site=site, bars=True)
@@ -243,9 +286,11 @@ def replicate_cmd(
 def points_cmd(machine: str, as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
     """Recovery points of a machine, newest first."""
     from drbook.site import open_site
-    from drbook.tasks.replication import points_of
 
     s = open_site(_site_path(site))
+    s.machine(machine)  # refused before the vault (Azure Storage) is asked
+    from drbook.tasks.replication import points_of
+
     s.vault.item(machine)
     points = [p.public() for p in points_of(s, machine)]
     if as_json:
@@ -261,9 +306,9 @@ def points_cmd(machine: str, as_json: bool = typer.Option(False, "--json"), site
 def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Optional[Path] = SiteOpt,
                local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Re-read a point's snapshots and check every block against its manifest."""
-    from drbook.flows.replication import verify_point_flow
+    _point(point, ids_only=True)
 
-    report = _stage("verify", verify_point_flow, {"machine": machine, "point": point}, local=local, no_wait=no_wait,
+    report = _stage("verify", {"machine": machine, "point": point}, local=local, no_wait=no_wait,
                     site=site, bars=True)
     out.print(report)
     if not report.get("ok"):
@@ -274,9 +319,7 @@ def verify_cmd(machine: str, point: str = typer.Option(..., "--point"), site: Op
 def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say what would be purged"),
                   site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Purge recovery points the policy no longer keeps."""
-    from drbook.flows.replication import retention_flow
-
-    for r in _stage("retention", retention_flow, {"dry_run": dry_run}, local=local, no_wait=no_wait, site=site):
+    for r in _stage("retention", {"dry_run": dry_run}, local=local, no_wait=no_wait, site=site):
         for line in r["actions"]:
             out.print(line)
         verb = "would keep" if dry_run else "kept"
@@ -287,9 +330,7 @@ def retention_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say wha
 def prepare_azure_cmd(dry_run: bool = typer.Option(False, "--dry-run"), as_json: bool = typer.Option(False, "--json"),
                       site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Create the recovery site (idempotent); --dry-run lists what it would create."""
-    from drbook.flows.prepare_azure import prepare_azure_flow
-
-    result = _stage("prepare-azure", prepare_azure_flow, {"dry_run": dry_run}, local=local, no_wait=no_wait,
+    result = _stage("prepare-azure", {"dry_run": dry_run}, local=local, no_wait=no_wait,
                     site=site, as_json=as_json)
     if as_json:
         emit_json(result)
@@ -307,9 +348,9 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
                       as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
                       local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Drill: bring machines up from a point in the isolated test network, verify, report."""
-    from drbook.flows.drill import drill_flow
+    _point(point)
 
-    result = _stage("test-failover", drill_flow, {"machines": machines, "point": point}, local=local, no_wait=no_wait,
+    result = _stage("test-failover", {"machines": machines, "point": point}, local=local, no_wait=no_wait,
                     site=site, as_json=as_json)
     if as_json:
         emit_json({"drill_id": result["drill_id"], "vms": result["vms"], "report": result["report"],
@@ -323,9 +364,11 @@ def test_failover_cmd(machines: list[str], point: str = typer.Option("latest-pro
 def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt, local: bool = LocalOpt,
                               no_wait: bool = NoWaitOpt) -> None:
     """Delete everything a drill made, and prove nothing is left."""
-    from drbook.flows.drill import drill_cleanup_flow
+    from drbook.failover.drills import require_drill_id
 
-    result = _stage("test-failover-cleanup", drill_cleanup_flow, {"drill_id": drill_id}, local=local,
+    require_drill_id(drill_id)
+
+    result = _stage("test-failover-cleanup", {"drill_id": drill_id}, local=local,
                     no_wait=no_wait, site=site)
     out.print(f"{drill_id}: deleted {len(result['deleted'])} resources and resource group "
               f"{result['resource_group_deleted']}; nothing tagged with the drill is left")
@@ -334,17 +377,17 @@ def test_failover_cleanup_cmd(drill_id: str, site: Optional[Path] = SiteOpt, loc
 @app.command("failover")
 def failover_cmd(machines: list[str], point: str = typer.Option("latest", "--point"),
                  planned: bool = typer.Option(False, "--planned", help="shut the source down first: zero data loss"),
-                 approval_timeout: int = typer.Option(3600, help="seconds to wait for approval"),
+                 approval_timeout: int = typer.Option(3600, min=1, help="seconds to wait for approval"),
                  as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
                  local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Fail over to Azure, after a human approves (`drbook approve RUN_ID` or the Prefect UI)."""
-    from drbook.flows.failover import failover_flow
+    _point(point)
 
-    if local:  # a deployment run says so itself when it pauses, with its run id
-        console.print("waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
-    result = _stage("failover", failover_flow,
+    # A deployment run says so itself when it pauses, with its run id.
+    result = _stage("failover",
                     {"machines": machines, "point": point, "planned": planned, "approval_timeout": approval_timeout},
-                    local=local, no_wait=no_wait, site=site, as_json=as_json)
+                    local=local, no_wait=no_wait, site=site, as_json=as_json,
+                    note="waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
     if as_json:
         emit_json({"run_id": result["run_id"], "vms": result["vms"], "report": result["report"],
                    "results": result["results"]})
@@ -369,6 +412,12 @@ def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
                 comment: str = typer.Option("", "--comment"), approver: Optional[str] = typer.Option(None),
                 point: Optional[str] = typer.Option(None, "--point", help="change the recovery point choice")) -> None:
     """Answer a waiting approval (approve, or --reject)."""
+    from drbook.failover.points import point_choice
+    from drbook.runs import require_run_id
+
+    require_run_id(run_id)  # before the Prefect server is asked
+    if point:
+        _point(point_choice(point))  # a keyword, an id, or a form's label (which starts with the id)
     from drbook.approvals import answer
 
     answer(run_id, approve=not reject, comment=comment, approver=approver, point=point)
@@ -379,9 +428,7 @@ def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
 def commit_cmd(machines: list[str], dry_run: bool = typer.Option(False, "--dry-run", help="say what would be deleted"),
                site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """End a failover: delete the other recovery points; state committed."""
-    from drbook.flows.failover import commit_flow
-
-    committed = _stage("commit", commit_flow, {"machines": machines, "dry_run": dry_run}, local=local, no_wait=no_wait,
+    committed = _stage("commit", {"machines": machines, "dry_run": dry_run}, local=local, no_wait=no_wait,
                        site=site)
     for item, r in committed.items():
         for line in r["actions"]:
@@ -396,9 +443,7 @@ def commit_cmd(machines: list[str], dry_run: bool = typer.Option(False, "--dry-r
 def reconcile_cmd(dry_run: bool = typer.Option(False, "--dry-run"), site: Optional[Path] = SiteOpt,
                   local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
     """Remove what crashed runs left in Azure (found by their tags)."""
-    from drbook.flows.reconcile import reconcile_flow
-
-    r = _stage("reconcile", reconcile_flow, {"dry_run": dry_run}, local=local, no_wait=no_wait, site=site)
+    r = _stage("reconcile", {"dry_run": dry_run}, local=local, no_wait=no_wait, site=site)
     verb = "would remove" if dry_run else "removed"
     for rid, ids in r["removed"].items():
         out.print(f"run {rid}: {verb} {len(ids)} resources")
@@ -408,7 +453,8 @@ def reconcile_cmd(dry_run: bool = typer.Option(False, "--dry-run"), site: Option
 
 @app.command("deploy")
 def deploy_cmd(
-    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", help="default: the prefect.yaml installed with drbook"),
+    prefect_file: Optional[Path] = typer.Option(None, "--prefect-file", exists=True, dir_okay=False,
+                                                help="default: the prefect.yaml installed with drbook"),
     as_json: bool = typer.Option(False, "--json"),
     site: Optional[Path] = SiteOpt,
 ) -> None:
@@ -425,6 +471,12 @@ def deploy_cmd(
     if result.alerts is not None:
         out.print(f"RPO alerts: {', '.join(result.alerts) or 'none'}")
     out.print(f"run them with a worker: prefect worker start --pool {result.pool} --type process")
+
+
+def _point(choice: str, *, ids_only: bool = False) -> None:
+    from drbook.failover.points import require_point_choice
+
+    require_point_choice(choice, ids_only=ids_only)
 
 
 def _table(title: str, rows: list[dict], columns: list[str]) -> None:
@@ -451,9 +503,9 @@ def run_cli(command: typer.Typer, errors: Console, args: list[str] | None = None
     Ctrl-C 130. The lab's CLI uses it too.
 
     Typer bundles its own click (typer._click): its exceptions are not the `click` package's,
-    and with standalone_mode=False a typer.Exit comes back as the call's return value."""
-    import httpx
-    from prefect.exceptions import ParameterTypeError
+    and with standalone_mode=False a typer.Exit comes back as the call's return value.
+    Prefect and httpx are not imported here (seconds at every start): an exception of theirs
+    can only come from a command that imported them."""
     from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
     try:
@@ -461,10 +513,9 @@ def run_cli(command: typer.Typer, errors: Console, args: list[str] | None = None
     except DRError as exc:
         errors.print(f"[red]error:[/red] {exc}", soft_wrap=True)
         raise SystemExit(exc.exit_code) from None
-    except ParameterTypeError as exc:  # a flow refused its parameters before running
-        errors.print(f"[red]error:[/red] invalid parameters: {' '.join(str(exc).split())}", soft_wrap=True)
-        raise SystemExit(2) from None
-    except NoArgsIsHelpError as exc:  # the help is already on stdout
+    except NoArgsIsHelpError as exc:  # the help is already on stdout; stderr says what was wrong
+        path = exc.ctx.command_path if exc.ctx is not None else "the command"
+        errors.print(f"error: Missing command (see: {path} --help)", soft_wrap=True, markup=False, highlight=False)
         raise SystemExit(exc.exit_code) from None
     except UsageError as exc:
         hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
@@ -477,11 +528,20 @@ def run_cli(command: typer.Typer, errors: Console, args: list[str] | None = None
         raise SystemExit(exc.exit_code) from None
     except (typer.Abort, KeyboardInterrupt):
         raise SystemExit(130) from None
-    except httpx.HTTPError as exc:  # the Prefect API (the only HTTP drbook's CLI speaks outside adapters)
-        errors.print(f"[red]error:[/red] cannot reach the Prefect API at {_prefect_url()}: "
-                     f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no answer'}", soft_wrap=True)
-        raise SystemExit(1) from None
-    except Exception as exc:  # a bug, or a library error an adapter did not translate
+    except Exception as exc:
+        if _is(exc, "prefect.exceptions", "ParameterTypeError"):  # a flow refused its parameters before running
+            errors.print(f"[red]error:[/red] invalid parameters: {' '.join(str(exc).split())}", soft_wrap=True)
+            raise SystemExit(2) from None
+        # The Prefect API (the only HTTP drbook's CLI speaks outside adapters); a flow run in
+        # this process (--local) meets it as Prefect's RuntimeError("Failed to reach API at ...").
+        http = exc if _is(exc, "httpx", "HTTPError") else None
+        if isinstance(exc, RuntimeError) and str(exc).startswith("Failed to reach API"):
+            http = exc.__cause__ if _is(exc.__cause__, "httpx", "HTTPError") else None
+        if http is not None:
+            errors.print(f"[red]error:[/red] cannot reach the Prefect API at {_prefect_url()}: "
+                         f"{type(http).__name__}: {' '.join(str(http).split()) or 'no answer'}", soft_wrap=True)
+            raise SystemExit(1) from None
+        # a bug, or a library error an adapter did not translate
         if os.environ.get("DRBOOK_DEBUG"):
             raise
         errors.print(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
@@ -491,6 +551,13 @@ def run_cli(command: typer.Typer, errors: Console, args: list[str] | None = None
         raise SystemExit(code)
 
 
+def _is(exc: BaseException | None, module: str, name: str) -> bool:
+    """isinstance(exc, module.name), without importing the module: if nothing imported it, exc
+    cannot be one."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
+
+
 def _prefect_url() -> str:
     from prefect.settings import get_current_settings
 
@@ -498,11 +565,7 @@ def _prefect_url() -> str:
 
 
 def main() -> None:
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    # Short CLI runs do not need heartbeats (1 s per run joining the thread; DESIGN.md §6).
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        run_cli(app, console)
+    run_cli(app, console)
 
 
 if __name__ == "__main__":

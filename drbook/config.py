@@ -451,7 +451,8 @@ def read_yaml(path: Path) -> object:
 
 
 def format_problems(path: Path, problems: Iterable[tuple[str, str]]) -> str:
-    return "\n".join([f"{path}: invalid configuration", *(f"  {where}: {why}" for where, why in problems)])
+    """One line (the CLI's errors are one line): `<file>: <field>: <why>; <field>: <why>`."""
+    return f"{path}: " + "; ".join(f"{where}: {' '.join(str(why).split())}" for where, why in problems)
 
 
 def format_validation_error(path: Path, exc: ValidationError) -> str:

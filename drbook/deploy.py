@@ -102,14 +102,15 @@ def missing(expected: list[str], existing: set[str]) -> list[str]:
 def deploy(site_path: Path, prefect_file: Path | None = None, *, say=lambda msg: None) -> DeployResult:
     """Register every deployment of `prefect_file` (default: the packaged one) on the Prefect
     server of PREFECT_API_URL (or the active profile), for the site `site_path`. Idempotent."""
+    from drbook.config import load_site
+
+    site_path = Path(site_path).resolve()
+    load_site(site_path)  # a missing or invalid site config: a ConfigError (exit 2) before anything is registered
     from prefect.settings import get_current_settings
 
     api_url = get_current_settings().api.url
     if not api_url:
         raise DeployError("no Prefect server: set PREFECT_API_URL (or a Prefect profile) to the server the worker uses")
-    site_path = Path(site_path).resolve()
-    if not site_path.is_file():
-        raise DeployError(f"{site_path}: no site config")
     path = Path(prefect_file or prefect_yaml()).resolve()
     refs = load_entrypoints(read_deployments(path))
     pool_created = ensure_pool(POOL)

@@ -27,7 +27,7 @@
     ├── ApprovalRejected            a human said no, or nobody answered in time
     ├── SecretError                 a secret reference cannot be resolved
     ├── DeployError                 a deployment was not registered on the Prefect server
-    ├── InvalidParameters           a deployment refused a run's parameters
+    ├── InvalidParameters           a command or a deployment refused its parameters
     ├── DeploymentNotFound          no such deployment on the Prefect server
     └── RunError                    a deployment run did not complete (`run` says which)
         ├── RunFailed               it failed with an error that is not drbook's

@@ -156,6 +156,14 @@ def first_line(message: str) -> str:
     return lines[0] + (" … (full text in the UI)" if len(lines) > 1 else "")
 
 
+def require_run_id(run_id: str) -> UUID:
+    """A flow run id (a UUID), refused before anything is asked of the server."""
+    try:
+        return UUID(run_id)
+    except ValueError:
+        raise InvalidParameters(f"{run_id!r} is not a flow run id (see `drbook approvals`)") from None
+
+
 def pick_parameters(given: dict[str, Any]) -> dict[str, Any]:
     """What the CLI sends: what the person gave; an option left unset (None) lets the
     deployment's own default apply, as a run from the UI would."""

@@ -21,58 +21,16 @@ from drbook.adapters.ssh import SshShell
 from drbook.config import MachineConfig, load_site
 from drbook.errors import AuthenticationError, ConfigError, HostKeyError, SecretError
 from drbook.site import Site
+from tests.site_corpus import (CORPUS, FAKE_SECRETS, KEY_16, KEY_24, SECRET, base_bytes, site_bytes, site_file,
+                               write_files)
 
-CORPUS = Path(__file__).parent / "corpus" / "config"
 CASES: dict[str, dict[str, str]] = yaml.safe_load((CORPUS / "cases.yaml").read_text())
-
-# Recognizable fake secrets: the cases put them in secret fields and secret files.
-SECRET = "hunter2-FAKE-SECRET-9f3b"
-KEY_16 = "deadbeef" * 4
-KEY_24 = "deadbeef" * 6
-FAKE_SECRETS = (SECRET, "deadbeef")
-
-
-def _write(path: Path, text: str, mode: int) -> None:
-    path.write_text(text)
-    path.chmod(mode)
 
 
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
-    """The files base.yaml and the cases name: good ones private to their owner, bad ones not."""
-    _write(tmp_path / "id_ed25519", "a private key\n", 0o600)
-    _write(tmp_path / "known_hosts", "", 0o644)
-    _write(tmp_path / "encryption-key", "ab" * 32 + "\n", 0o600)
-    _write(tmp_path / "storage-key", "a storage key\n", 0o600)
-    _write(tmp_path / "open-key", "a private key\n", 0o644)
-    _write(tmp_path / "open-secret", SECRET + "\n", 0o644)
-    _write(tmp_path / "key-16", KEY_16 + "\n", 0o600)
-    _write(tmp_path / "key-24", KEY_24 + "\n", 0o600)
-    _write(tmp_path / "key-not-hex", SECRET.ljust(64, "x") + "\n", 0o600)
-    return tmp_path
-
-
-def _with_dir(text: bytes, directory: Path) -> bytes:
-    return text.replace(b"$DIR", str(directory).encode())
-
-
-def base_bytes(directory: Path) -> bytes:
-    return _with_dir((CORPUS / "base.yaml").read_bytes(), directory)
-
-
-def site_bytes(case: str, directory: Path) -> bytes:
-    """The site config a case stands for."""
-    text = _with_dir((CORPUS / case).read_bytes(), directory)
-    if case.startswith("raw-"):
-        return text
-    base = yaml.safe_load(base_bytes(directory))
-    return yaml.safe_dump({**base, **yaml.safe_load(text)}, sort_keys=False).encode()
-
-
-def _site_file(directory: Path, content: bytes) -> Path:
-    path = directory / "site.yaml"
-    path.write_bytes(content)
-    return path
+    """The files base.yaml and the cases name (tests/site_corpus.py)."""
+    return write_files(tmp_path)
 
 
 def _refusal(path: Path) -> ConfigError:
@@ -92,7 +50,7 @@ def _no_secret_in(message: str) -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_bad_site_config_is_refused_at_load_naming_file_and_field(case: str, files: Path):
     want = CASES[case]
-    path = _site_file(files, site_bytes(case, files))
+    path = site_file(files, site_bytes(case, files))
     err = _refusal(path)
     message = str(err)
     assert err.exit_code == 2
@@ -113,13 +71,13 @@ def test_the_corpus_is_complete_and_says_what_each_case_is():
 
 
 def test_the_base_config_is_valid(files: Path):
-    cfg = load_site(_site_file(files, base_bytes(files)))
+    cfg = load_site(site_file(files, base_bytes(files)))
     assert [m.name for m in cfg.machines] == ["app01"] and cfg.policy().retention_hours == 24
 
 
 def test_yaml_merge_keys_may_override_what_they_merge(files: Path):
     merged = b"policies:\n- &fast {name: fast, rpo_threshold_minutes: 5}\n- <<: *fast\n  name: default\n"
-    path = _site_file(files, base_bytes(files).replace(b"policies:\n- name: default\n", merged))
+    path = site_file(files, base_bytes(files).replace(b"policies:\n- name: default\n", merged))
     assert [(p.name, p.rpo_threshold_minutes) for p in load_site(path).policies] == [("fast", 5), ("default", 5)]
 
 
@@ -132,7 +90,7 @@ def test_a_directory_or_a_missing_file_is_refused_naming_it(tmp_path: Path):
 
 
 def test_the_cli_exits_2_naming_file_and_field(files: Path):
-    path = _site_file(files, site_bytes("secret-file-open.yaml", files))
+    path = site_file(files, site_bytes("secret-file-open.yaml", files))
     env = {**os.environ, "PREFECT_HOME": str(files / "prefect")}
     out = subprocess.run([sys.executable, "-m", "drbook.cli", "items", "--site", str(path)], capture_output=True,
                          text=True, env=env, timeout=120)
@@ -148,7 +106,7 @@ def test_the_cli_exits_2_naming_file_and_field(files: Path):
 def test_an_env_encryption_key_is_checked_when_first_used(value: str, expect: str, files: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CORPUS_ENCRYPTION_KEY", value)
-    path = _site_file(files, base_bytes(files).replace(
+    path = site_file(files, base_bytes(files).replace(
         f"file:{files}/encryption-key".encode(), b"env:CORPUS_ENCRYPTION_KEY"))
     site = Site(cfg=load_site(path), path=path)  # env: references are resolved lazily
     with pytest.raises(SecretError) as err:

@@ -19,6 +19,7 @@ from prefect.input import RunInput
 from drbook.config import SiteConfig
 from drbook.errors import DRError, PreflightError
 from drbook.failover import points as pointlib
+from drbook.failover.points import point_choice
 from drbook.failover.build import MachinePlan
 from drbook.models import ProtectedItem, RecoveryPoint
 
@@ -41,11 +42,6 @@ class PointOption(BaseModel):
 
 def point_label(point_id: str, time: dt.datetime, consistency: str) -> str:
     return f"{point_id} ({time.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z, {consistency})"
-
-
-def point_choice(value: str) -> str:
-    """The flow's point choice from a form value: a keyword, or the id a label starts with."""
-    return value.split(" ", 1)[0]
 
 
 def shared_points(items: list[ProtectedItem], points_by_item: dict[str, list[RecoveryPoint]]) -> list[PointOption]:

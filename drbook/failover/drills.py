@@ -10,12 +10,13 @@ refusal names the live drill and the command that removes it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from pydantic import BaseModel
 
 from drbook import state as statelib
-from drbook.errors import PreflightError
+from drbook.errors import InvalidParameters, PreflightError
 from drbook.models import DrillRecord, ProtectedItem
 
 # A drill is live while its VMs may be up: `running` (building, or its run crashed and
@@ -23,6 +24,17 @@ from drbook.models import DrillRecord, ProtectedItem
 # `test-failover-cleanup`). A `failed` drill swept its own resources; a `cleaned-up` one
 # is gone.
 LIVE_STATUSES = frozenset({"running", "succeeded"})
+
+
+DRILL_ID_PATTERN = r"^drill-[0-9]{14}-[0-9a-f]{8}$"  # drbook.models.new_id("drill")
+
+
+def require_drill_id(drill_id: str) -> str:
+    """A drill id as drills make them, refused before anything runs (it becomes a vault key)."""
+    if re.fullmatch(DRILL_ID_PATTERN, drill_id):
+        return drill_id
+    raise InvalidParameters(f"{drill_id!r} is not a drill id (drill-YYYYMMDDhhmmss-xxxxxxxx, as `drbook "
+                            "test-failover` and the drill's report name it)")
 
 
 def cleanup_command(drill_id: str) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from drbook.errors import PreflightError
+from drbook.errors import InvalidParameters, PreflightError
 from drbook.models import RecoveryPoint
 
 LATEST = "latest"  # run a final cycle first when the source answers: lowest RPO
@@ -20,6 +21,21 @@ POINT_ID_PATTERN = r"^pt-[0-9]{14}-[0-9a-f]{8}$"
 # choice between the list and a text box; a run with anything else is refused.
 PointKeyword = Literal["latest", "latest-processed", "latest-app-consistent"]
 PointChoice = PointKeyword | Annotated[str, Field(pattern=POINT_ID_PATTERN, title="recovery point id")]
+
+
+def point_choice(value: str) -> str:
+    """The flow's point choice from a form value: a keyword, or the id a label starts with."""
+    return value.split(" ", 1)[0]
+
+
+def require_point_choice(choice: str, *, ids_only: bool = False) -> str:
+    """A `--point` as a run takes it (a keyword or a point id; `ids_only`: a point id), refused
+    before anything runs or is asked of a server."""
+    if (not ids_only and choice in KEYWORDS) or re.fullmatch(POINT_ID_PATTERN, choice):
+        return choice
+    what = "a point id" if ids_only else "latest, latest-processed, latest-app-consistent or a point id"
+    raise InvalidParameters(f"--point {choice!r} is not a recovery point: give {what} "
+                            "(pt-YYYYMMDDhhmmss-xxxxxxxx; `drbook points MACHINE` lists them)")
 
 
 def needs_final_cycle(choice: str) -> bool:
