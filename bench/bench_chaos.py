@@ -48,16 +48,24 @@ ARM_FAULTS = ("throttle", "server_error", "fail_provisioning", "arm-kill")
 FIELD = {"throttle": "throttle", "server_error": "serverError", "fail_provisioning": "failProvisioning"}
 
 
-def _arm_fault(arm, lab_control, rng: random.Random):  # noqa: ANN001, ANN202 - ArmLabControl, lab.control.Lab
-    """Inject one random ARM fault; returns its label and a function that ends it and says
-    whether it fired (an injected answer was given: its counter ran down; a kill: the pid)."""
+def arm_fault_plan(rng: random.Random, n: int) -> list[str]:
+    """`n` ARM fault kinds: every kind once per round, each round shuffled."""
+    out: list[str] = []
+    while len(out) < n:
+        out += rng.sample(ARM_FAULTS, len(ARM_FAULTS))
+    return out[:n]
+
+
+def _arm_fault(arm, lab_control, rng: random.Random, kind: str, operations: tuple[str, ...]):  # noqa: ANN001, ANN202
+    """Inject an ARM fault of `kind` (on one of `operations`); returns its label and a function
+    that ends it and says whether it fired (an injected answer was given: its counter ran
+    down; a kill: the emulator's pid changed)."""
     from tests.chaos.faults import ArmKill
 
-    kind = rng.choice(ARM_FAULTS)
     if kind == "arm-kill":
         killer = ArmKill(lab_control, round(rng.uniform(1.0, 12.0), 1)).start()
         return f"ARM emulator SIGKILLed +{killer.delay_s}s", killer.evidence
-    operation = rng.choice(ARM_OPERATIONS)
+    operation = rng.choice(operations)
     if kind == "fail_provisioning":
         operation = "Microsoft.Compute/virtualMachines/write"  # only a VM provisions
     arm.inject_fault(operation, **({"throttle": 1, "retry_after": 1} if kind == "throttle" else {kind: 1}))
@@ -70,7 +78,7 @@ def _arm_fault(arm, lab_control, rng: random.Random):  # noqa: ANN001, ANN202 - 
     return f"{kind} on {operation}", evidence
 
 
-def _drill_under_fault(site_path: str, machine: str, arm, lab_control, rng: random.Random) -> dict:  # noqa: ANN001
+def _drill_under_fault(site_path: str, machine: str, arm, lab_control, rng: random.Random, kind: str) -> dict:  # noqa: ANN001
     from drbook.adapters.azure import AzureClients
     from drbook.failover.build import resources_of_run
     from drbook.flows.drill import scheduled_drill_flow
@@ -80,7 +88,7 @@ def _drill_under_fault(site_path: str, machine: str, arm, lab_control, rng: rand
 
     site = open_site(site_path)
     before = {d.drill_id for d in site.vault.list(DRILLS_PREFIX, DrillRecord)}
-    label, ended = _arm_fault(arm, lab_control, rng)
+    label, ended = _arm_fault(arm, lab_control, rng, kind, ARM_OPERATIONS)
     error = None
     try:
         scheduled_drill_flow([machine], site_path=site_path)
@@ -100,7 +108,7 @@ def _drill_under_fault(site_path: str, machine: str, arm, lab_control, rng: rand
             "outcome": [d.status for d in drills], "leaked": leaked}
 
 
-def _failover_under_fault(site_path: str, machine: str, arm, lab_control, rng: random.Random) -> dict:  # noqa: ANN001
+def _failover_under_fault(site_path: str, machine: str, arm, lab_control, rng: random.Random, kind: str) -> dict:  # noqa: ANN001
     """An approved failover under a fault: it completes (then the bench undoes it through the
     product's own rollback: the item back to protected, the run's resources swept) or it rolls
     back; either way, after it, nothing tagged with its run is left."""
@@ -118,7 +126,8 @@ def _failover_under_fault(site_path: str, machine: str, arm, lab_control, rng: r
     thread, out = run_in_thread(failover_flow, [machine], point="latest-processed", approval_timeout=120,
                                 site_path=site_path)
     run_id = wait_for_paused_run([machine], site_path)
-    label, ended = _arm_fault(arm, lab_control, rng)
+    # a failover builds in the site's resource group, which prepare-azure made: no group write
+    label, ended = _arm_fault(arm, lab_control, rng, kind, ARM_OPERATIONS[:3])
     try:
         answer(run_id, approve=True, approver="bench-chaos", comment="chaos")
         thread.join(600)
@@ -190,13 +199,14 @@ def main() -> int:
         arm = ArmLabControl(lab["arm"]["base_url"], lab["ca_bundle"])
         rng = random.Random(args.seed)
         drills = []
+        kinds = arm_fault_plan(rng, args.drills + args.failovers)
         for i in range(args.drills):
-            drills.append(_drill_under_fault(site_path, args.machine, arm, lab_control, rng))
+            drills.append(_drill_under_fault(site_path, args.machine, arm, lab_control, rng, kinds.pop(0)))
             print(f"drill {i + 1}: {drills[-1]['fault']}: fired={drills[-1]['fired']} "
                   f"completed={drills[-1]['completed']} leaked={len(drills[-1]['leaked'])}", file=sys.stderr, flush=True)
         failovers = []
         for i in range(args.failovers):
-            failovers.append(_failover_under_fault(site_path, args.machine, arm, lab_control, rng))
+            failovers.append(_failover_under_fault(site_path, args.machine, arm, lab_control, rng, kinds.pop(0)))
             f = failovers[-1]
             print(f"failover {i + 1}: {f['fault']}: fired={f['fired']} outcome={f['outcome']} "
                   f"leaked={len(f['leaked'])} points lost={len(f['points_lost'])}", file=sys.stderr, flush=True)
@@ -223,7 +233,8 @@ def main() -> int:
           f"leaked, {result['failovers_inconsistent']} inconsistent, {result['failover_points_lost']} points lost; "
           f"{len(result['arm_faults_not_fired'])} ARM faults never asked for; {cycles_s:.0f}s of cycles")
     ok = not (t.torn or t.mismatches or t.lost or result["drill_leaks"] or result["not_fired"]
-              or result["failover_leaks"] or result["failovers_inconsistent"] or result["failover_points_lost"])
+              or result["failover_leaks"] or result["failovers_inconsistent"] or result["failover_points_lost"]
+              or result["arm_faults_not_fired"])
     return 0 if ok else 1
 
 

@@ -18,7 +18,6 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
-    ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
@@ -125,10 +124,11 @@ def _http_error(what: str, exc: HttpResponseError) -> DRError:
 
 
 def _error_table(what: str) -> list[tuple[type[BaseException], Callable[[BaseException], DRError]]]:
-    """Library exception -> drbook error, most specific first (the first four are HttpResponseErrors)."""
+    """Library exception -> drbook error, most specific first (the first three are HttpResponseErrors).
+    A 409 (the SDK's ResourceExistsError) is not always "exists": deleting an attached disk is
+    one too (OperationNotAllowed), so it says ARM's code and message like any other error."""
     return [
         (ResourceNotFoundError, lambda e: ResourceNotFound(f"{what}: not found ({_code(e) or 'ResourceNotFound'})")),
-        (ResourceExistsError, lambda e: AzureError(f"{what}: already exists ({_code(e) or 'Conflict'})")),
         (ClientAuthenticationError, lambda e: AzureError(f"{what}: authentication to Azure failed")),
         (HttpResponseError, lambda e: _http_error(what, e)),
         (ServiceRequestError, lambda e: AzureTransientError(f"{what}: Azure did not answer ({type(e).__name__})")),
