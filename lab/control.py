@@ -261,6 +261,13 @@ class Lab:
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
             "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(LAB_RETENTION_S),
             "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{LAB_RETENTION_S}S",  # ISO 8601: this setting reads no plain seconds
+            # Runs are made ahead of their schedule (Prefect: up to 100, an hour at least). A lab
+            # brought up again hours after its `down` found them all late: the worker submitted
+            # ~250 at once, each cancelled by the deployment's concurrency limit, and the write
+            # storm held SQLite's lock so long that `lab up` took over 8 minutes. A few minutes
+            # ahead is enough: the scheduler tops them up every minute.
+            "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "10",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": "PT300S",
         }
         # The server runs the alert automations' actions: its HTTPS calls to the lab's webhook
         # receiver must trust the lab CA (httpx reads SSL_CERT_FILE), besides the public roots.
@@ -423,7 +430,7 @@ class Lab:
                 "host": HOST,
                 "port": self.spec.ports.vcenter,
                 "user": VCENTER_USER,
-                "password": pw_file.read_text().strip(),
+                # a reference, never the value: `drbook-lab status --json` prints this
                 "password_ref": f"file:{pw_file}",
             },
             "azurite": {

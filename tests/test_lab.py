@@ -25,7 +25,7 @@ from lab.spec import load_spec
 STATUS_SHAPE = {
     "lab_dir": str,
     "ca_bundle": str,
-    "vcenter": {"url", "host", "port", "user", "password"},
+    "vcenter": {"url", "host", "port", "user", "password_ref"},
     "azurite": {"blob_endpoint", "account", "key", "connection_string"},
     "arm": {"base_url", "subscription_id", "location"},
     "prefect": {"api_url", "ui_url"},
@@ -45,6 +45,15 @@ def test_status_json_has_the_documented_shape(lab):
         assert {"name", "vm_name", "os", "address", "port", "user", "key_file", "known_hosts", "disks"} <= set(m)
         for d in m["disks"]:
             assert Path(d["path"]).stat().st_size == d["size_bytes"]
+    # references to the lab's secrets, never their values (the Azurite key is Microsoft's
+    # published development key)
+    for secret in (Path(status["lab_dir"]) / "secrets").iterdir():
+        if secret.name != "azurite-key":
+            assert secret.read_text().strip() not in out.stdout, f"status --json prints the secret {secret.name}"
+
+
+def _vcenter_password(vc: dict) -> str:
+    return Path(vc["password_ref"].removeprefix("file:")).read_text().strip()
 
 
 def test_vcenter_lists_lab_vms_over_verified_tls(lab):
@@ -53,7 +62,7 @@ def test_vcenter_lists_lab_vms_over_verified_tls(lab):
 
     ctx = ssl.create_default_context(cafile=lab["ca_bundle"])
     vc = lab["vcenter"]
-    si = SmartConnect(host=vc["host"], port=vc["port"], user=vc["user"], pwd=vc["password"], sslContext=ctx)
+    si = SmartConnect(host=vc["host"], port=vc["port"], user=vc["user"], pwd=_vcenter_password(vc), sslContext=ctx)
     try:
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
@@ -75,7 +84,7 @@ def test_vcenter_refuses_a_client_that_does_not_trust_the_lab_ca(lab):
 
     vc = lab["vcenter"]
     with pytest.raises(ssl.SSLError):
-        SmartConnect(host=vc["host"], port=vc["port"], user=vc["user"], pwd=vc["password"], sslContext=ssl.create_default_context())
+        SmartConnect(host=vc["host"], port=vc["port"], user=vc["user"], pwd=_vcenter_password(vc), sslContext=ssl.create_default_context())
 
 
 def _ssh(machine: dict, known_hosts: str) -> paramiko.SSHClient:
