@@ -538,7 +538,7 @@ def run_cli(command: typer.Typer, errors: Console, args: list[str] | None = None
         if isinstance(exc, RuntimeError) and str(exc).startswith("Failed to reach API"):
             http = exc.__cause__ if _is(exc.__cause__, "httpx", "HTTPError") else None
         if http is not None:
-            errors.print(f"[red]error:[/red] cannot reach the Prefect API at {_prefect_url()}: "
+            errors.print(f"[red]error:[/red] cannot reach the Prefect API at {_prefect_url(http)}: "
                          f"{type(http).__name__}: {' '.join(str(http).split()) or 'no answer'}", soft_wrap=True)
             raise SystemExit(1) from None
         # a bug, or a library error an adapter did not translate
@@ -558,10 +558,19 @@ def _is(exc: BaseException | None, module: str, name: str) -> bool:
     return loaded is not None and isinstance(exc, getattr(loaded, name))
 
 
-def _prefect_url() -> str:
+def _prefect_url(http: BaseException) -> str:
+    """The Prefect API the failed request went to: the configured one, or the one a caller
+    chose for itself (`drbook-lab up` talks to the lab's server with no PREFECT_API_URL set)."""
     from prefect.settings import get_current_settings
 
-    return str(get_current_settings().api.url or "(no PREFECT_API_URL)")
+    configured = str(get_current_settings().api.url or "")
+    try:
+        asked = str(http.request.url)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError for an error without its request
+        asked = ""
+    if asked and not (configured and asked.startswith(configured)):
+        return asked.split("/api/", 1)[0] + "/api" if "/api/" in asked else asked
+    return configured or "(no PREFECT_API_URL)"
 
 
 def main() -> None:

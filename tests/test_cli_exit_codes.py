@@ -92,3 +92,25 @@ def test_no_arguments_prints_the_help_and_exits_2_with_one_line(capsys):
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: Missing command (see: ")
     assert "Usage" in capsys.readouterr().out
+
+
+def test_an_unreachable_prefect_a_caller_chose_itself_is_named_not_the_unset_setting():
+    """`drbook-lab up` talks to the lab's server with no PREFECT_API_URL set: the line names
+    the server the request went to."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    toy = typer.Typer()
+
+    @toy.command()
+    def ask() -> None:
+        raise httpx.ConnectError("refused", request=httpx.Request("GET", "http://127.0.0.1:14200/api/health"))
+
+    @toy.command()
+    def other() -> None:
+        pass
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        code, err = _run(toy, ["ask"])
+    assert code == 1
+    assert "cannot reach the Prefect API at http://127.0.0.1:14200/api: ConnectError: refused" in err, err
