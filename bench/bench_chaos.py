@@ -43,7 +43,7 @@ from bench_scan import lab_control as bench_lab, write_result  # noqa: E402
 
 # What an ARM fault can hit during a drill or failover, and how.
 ARM_OPERATIONS = ("Microsoft.Compute/disks/write", "Microsoft.Network/networkInterfaces/write",
-                  "Microsoft.Compute/virtualMachines/write", "Microsoft.Resources/resourceGroups/write")
+                  "Microsoft.Compute/virtualMachines/write", "Microsoft.Resources/subscriptions/resourceGroups/write")  # ARM's operation names
 ARM_FAULTS = ("throttle", "server_error", "fail_provisioning", "arm-kill")
 FIELD = {"throttle": "throttle", "server_error": "serverError", "fail_provisioning": "failProvisioning"}
 
