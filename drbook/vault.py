@@ -22,7 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, TypeVar
+from typing import IO, Callable, Iterator, Literal, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError
@@ -30,7 +30,7 @@ from azure.storage.blob import BlobLeaseClient, ContainerClient, ContentSettings
 from pydantic import BaseModel, ValidationError
 
 from drbook import state as statemachine
-from drbook.adapters.blobstore import blob_service, delete_blobs, map_blob_errors
+from drbook.adapters.blobstore import blob_service, delete_blobs, download_into, map_blob_errors, upload_stream
 from drbook.config import SiteConfig
 from drbook.errors import ConflictError, DRError, LeaseHeldError, NotFoundError, VaultError
 from drbook.models import AuditEntry, ItemState, ProtectedItem, utcnow
@@ -277,6 +277,24 @@ class Vault:
         try:
             with map_blob_errors(f"read {self._what(key)}"):
                 return blob.download_blob().readall()
+        except NotFoundError as err:
+            raise self._missing(err, key) from None
+
+    def put_stream(self, key: str, stream: IO[bytes], length: int) -> None:
+        """put_bytes for `length` bytes of a stream (a large block map), a piece at a time."""
+        blob = self.container.get_blob_client(_check_key(key))
+        try:
+            with map_blob_errors(f"write {self._what(key)}"):
+                upload_stream(blob, stream, length)
+        except NotFoundError as err:
+            raise self._missing(err, key) from None
+
+    def download(self, key: str, out: IO[bytes]) -> int:
+        """get_bytes into a file (a large block map), a piece at a time; the bytes written."""
+        blob = self.container.get_blob_client(_check_key(key))
+        try:
+            with map_blob_errors(f"read {self._what(key)}"):
+                return download_into(blob, out)
         except NotFoundError as err:
             raise self._missing(err, key) from None
 

@@ -315,6 +315,13 @@ class MemoryCache:
             raise NotFoundError(name)
         return self.blobs[name]
 
+    def put_stream(self, name: str, stream, length: int) -> None:  # noqa: ANN001 - a binary file
+        self.put(name, stream.read(length))
+
+    def download(self, name: str, out) -> int:  # noqa: ANN001 - a binary file
+        out.write(self.get(name))
+        return len(self.blobs[name])
+
     def get_json(self, name: str) -> dict | None:
         return json.loads(self.blobs[name]) if name in self.blobs else None
 

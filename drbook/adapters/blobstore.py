@@ -8,12 +8,17 @@ the key and the CA bundle differ.
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
 import re
 import ssl
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 from urllib.parse import urlsplit
+
+from azure.core import MatchConditions
 
 from azure.core.credentials import AccessToken, AzureNamedKeyCredential
 from azure.core.exceptions import (
@@ -26,7 +31,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobBlock, BlobServiceClient, ExponentialRetry
 
 from drbook.config import AzureConfig, SiteConfig
 from drbook.errors import BlobStoreError, ConflictError, DRError, LeaseHeldError, NotFoundError, VaultError
@@ -227,3 +232,59 @@ def delete_blobs(container: Any, names: Any, what: str) -> int:
         except NotFoundError:
             pass
     return deleted
+
+
+# A large blob (a disk's block map) goes up and comes down in pieces of this size, a few at a
+# time: the memory it takes is bounded, whatever the blob's size.
+STREAM_PIECE = 4 * 1024 * 1024
+STREAM_WORKERS = 2
+
+
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
+    data = stream.read(n) or b""
+    while len(data) < n and (more := stream.read(n - len(data))):
+        data += more
+    if len(data) != n:
+        raise ValueError(f"the stream ended {n - len(data)} bytes early")
+    return data
+
+
+def upload_stream(blob: Any, stream: IO[bytes], length: int, *, piece: int | None = None,
+                  workers: int = STREAM_WORKERS) -> None:
+    """Put `length` bytes of `stream` as the block blob `blob` (replacing it): one put when they
+    fit a piece, else staged blocks of a piece each (at most `workers` in flight) committed
+    together, so a partial upload never shows. Azure errors pass through (wrap the call in
+    map_blob_errors)."""
+    piece = piece or STREAM_PIECE
+    if length <= piece:
+        blob.upload_blob(_read_exact(stream, length), length=length, overwrite=True)
+        return
+    ids: list[BlobBlock] = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="blob-upload") as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for i, offset in enumerate(range(0, length, piece)):
+            data = _read_exact(stream, min(piece, length - offset))
+            block_id = base64.b64encode(f"drbook-{i:010d}".encode()).decode()  # ids of one length, as Azure asks
+            ids.append(BlobBlock(block_id=block_id))
+            pending.append(pool.submit(blob.stage_block, block_id, data, length=len(data)))
+            while len(pending) >= workers:
+                pending.popleft().result()
+        for fut in pending:
+            fut.result()
+    blob.commit_block_list(ids)
+
+
+def download_into(blob: Any, out: IO[bytes], *, piece: int | None = None) -> int:
+    """Write the blob's bytes to `out`, a piece at a time (each read only while the blob keeps
+    its ETag, so a blob replaced meanwhile is a ConflictError, not a mix); the bytes written."""
+    piece = piece or STREAM_PIECE
+    props = blob.get_blob_properties()
+    size, etag = props.size, props.etag
+    for offset in range(0, size, piece):
+        n = min(piece, size - offset)
+        data = blob.download_blob(offset=offset, length=n, etag=etag,
+                                  match_condition=MatchConditions.IfNotModified).readall()
+        if len(data) != n:
+            raise BlobStoreError(f"read {n} bytes at {offset} of blob {blob.blob_name}: got {len(data)}", retryable=True)
+        out.write(data)
+    return size

@@ -74,8 +74,9 @@ def barrier_verdict(runs: list[ItemRun]) -> str:
     return "ok" if not failed else f"the freeze hooks of {', '.join(failed)} failed"
 
 
-def scan_request(run: ItemRun, want: Want, barrier: bool, s: CycleSettings) -> bytes:
-    header = {
+def scan_header(run: ItemRun, want: Want, barrier: bool, s: CycleSettings) -> dict:
+    """The scan request's header; its maps follow it (protocol.write_request)."""
+    return {
         "disks": [d.request_disk() for d in run.disks],
         "block_size": s.block_size,
         "sub_block_size": s.sub_block_size if s.layout.sub_on else 0,
@@ -91,7 +92,6 @@ def scan_request(run: ItemRun, want: Want, barrier: bool, s: CycleSettings) -> b
         "threads": s.agent_threads,
         "bridge_gap": s.bridge_gap,
     }
-    return p.encode_request(header, [d.request_maps() for d in run.disks])
 
 
 def _start_agent(run: ItemRun, want: Want, barrier: bool, settings: CycleSettings,
@@ -101,9 +101,10 @@ def _start_agent(run: ItemRun, want: Want, barrier: bool, settings: CycleSetting
     # python stays unquoted: a site may set it to a command line (e.g. "sudo -n python3").
     command = f"{m.python} {shlex.quote(agent_path(m))} scan"
     run.proc = run.shell.open_process(command)
-    request = scan_request(run, want, barrier, settings)
+    header = scan_header(run, want, barrier, settings)
     try:
-        run.proc.stdin.write(request)
+        # The maps go a chunk at a time, straight from the old maps (a large disk's are in files).
+        p.write_request(run.proc.stdin, header, [d.request_maps() for d in run.disks])
         run.proc.stdin.flush()
         if not barrier:
             run.proc.stdin.close()

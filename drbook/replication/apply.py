@@ -97,11 +97,15 @@ def _record(storage: CycleStorage, marker: cy.CommitMarker, snapshots: dict[str,
     prefix = cy.cycle_prefix(name, marker.cycle_id)
     disks = []
     for d in marker.disks:
-        manifest = Manifest.from_bytes(storage.cache.get(d.manifest), what=d.manifest, disk_size=d.size)
+        manifest = storage.get_map(d.manifest, lambda packed, d=d: Manifest.read(
+            packed, what=d.manifest, disk_size=d.size, directory=storage.map_dir))
         key = points.put_manifest(name, marker.point_id, d.name, manifest)
+        manifest.close()
         if d.submap:
             with contextlib.suppress(NotFoundError):
-                points.put_submap(name, marker.point_id, d.name, SubMap.from_bytes(storage.cache.get(d.submap)))
+                subs = storage.get_map(d.submap, lambda packed: SubMap.read(packed, directory=storage.map_dir))
+                points.put_submap(name, marker.point_id, d.name, subs)
+                subs.close()
         disks.append(PointDisk(disk=d.name, container=storage.replicas.container_name,
                                blob=replica_blob_name(name, d.name), snapshot=snapshots[d.name], size_bytes=d.size,
                                block_size=marker.block_size, manifest_key=key, blocks_changed=d.blocks_changed,

@@ -8,11 +8,12 @@ import json
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import IO
 
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
-from drbook.adapters.blobstore import delete_blobs, map_blob_errors
+from drbook.adapters.blobstore import delete_blobs, download_into, map_blob_errors, upload_stream
 from drbook.errors import NotFoundError
 from drbook.replication import vhd
 
@@ -154,6 +155,16 @@ class Cache:
     def get(self, name: str) -> bytes:
         with map_blob_errors(f"read cache blob {self.container_name}/{name}"):
             return self.container.get_blob_client(name).download_blob(max_concurrency=2).readall()
+
+    def put_stream(self, name: str, stream: IO[bytes], length: int) -> None:
+        """put for `length` bytes of a stream (a large block map), a piece at a time."""
+        with map_blob_errors(f"write cache blob {self.container_name}/{name}"):
+            upload_stream(self.container.get_blob_client(name), stream, length)
+
+    def download(self, name: str, out: IO[bytes]) -> int:
+        """get into a file (a large block map), a piece at a time; the bytes written."""
+        with map_blob_errors(f"read cache blob {self.container_name}/{name}"):
+            return download_into(self.container.get_blob_client(name), out)
 
     def get_json(self, name: str) -> dict | None:
         try:

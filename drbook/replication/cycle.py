@@ -21,6 +21,7 @@ from drbook.errors import ProtocolError, ReplicationError
 from drbook.models import ProtectedDisk
 from drbook.replication import protocol as p
 from drbook.replication.manifest import MAX_DISK, Manifest, SubMap, block_length, sub_hashes
+from drbook.replication.mapfile import MapBuffer
 from drbook.replication.protocol import Layout
 
 MAX_PAGE_WRITE = 4 * 1024 * 1024
@@ -256,6 +257,9 @@ class DiskCycle:
     cache, which halves the initial copy's traffic. That is safe because the item's disk
     stays flagged `resync_required` until the cycle's point is recorded: a cycle that dies
     half-way leaves a replica nobody reads, and the next cycle resyncs it whole again.
+
+    `map_dir`: where the maps of a large disk go (drbook.replication.mapfile; the cycle's
+    spool_dir, None: the system temp directory).
     """
 
     disk: ProtectedDisk
@@ -276,9 +280,11 @@ class DiskCycle:
     read: int = 0
     ended: bool = False
     received: "BlockSet | None" = None
+    map_dir: str | None = None
 
-    def request_maps(self) -> tuple[bytes | bytearray, bytes | bytearray]:
-        """The maps to send the agent: the old maps themselves, not copies (a 1 TiB disk's are 2.5 GiB)."""
+    def request_maps(self) -> tuple[MapBuffer | bytes, MapBuffer | bytes]:
+        """The maps to send the agent (b"": none): the old maps themselves, not copies (a 1 TiB
+        disk's are 2.5 GiB); protocol.write_request sends them a chunk at a time."""
         if self.old is None or self.force_resync:
             return b"", b""
         subs = self.old_subs.hashes if self.old_subs is not None and self.old_subs.disk_size == self.old.disk_size else b""
@@ -312,19 +318,29 @@ class DiskCycle:
         self.reason = doc.get("reason")
         lay = self.layout
         self.received = BlockSet(lay.blocks(size))
+        where = self.map_dir
         if self.resync or self.old is None:
-            self.manifest = Manifest.zeros(self.size, lay.block_size)
-            self.subs = SubMap.zeros(self.size, lay) if lay.sub_on else None
+            self.manifest = Manifest.zeros(self.size, lay.block_size, where)
+            self.subs = SubMap.zeros(self.size, lay, where) if lay.sub_on else None
         else:
             if self.old.disk_size != self.size or self.old.block_size != lay.block_size:
                 raise ProtocolError(f"disk {self.disk.name}: the agent kept a map of another geometry without a resync")
-            self.manifest = self.old.copy()
+            # The new maps read through to the old ones, which stay as they are: only the
+            # chunks of the blocks that change are copied (a 1 TiB disk's maps are 2.5 GiB).
+            self.manifest = self.old.derived(where)
             if not lay.sub_on:
                 self.subs = None
             elif self.old_subs is not None and self.request_maps()[1]:
-                self.subs = SubMap(self.size, lay, self.old_subs.hashes)
+                self.subs = self.old_subs.derived(where)
             else:  # rebuilt from the agent's S and B frames
-                self.subs = SubMap.zeros(self.size, lay)
+                self.subs = SubMap.zeros(self.size, lay, where)
+
+    def release_maps(self) -> None:
+        """Give back the files of a large disk's maps (once the new ones are in the cache);
+        the maps of a small disk stay readable."""
+        for m in (self.manifest, self.subs, self.old, self.old_subs):  # the derived ones first
+            if m is not None:
+                m.close()
 
     def receive(self, first: int, count: int) -> None:
         """Blocks first..first+count-1 arrived (as data or as zeros): each may come once."""

@@ -85,11 +85,12 @@ class ReplicationEngine:
         self.settings = settings or CycleSettings.from_site(site)
         self.fault = fault
         self.holder = holder
-        self.points = PointStore(vault)
+        # A large disk's block maps live in files beside the spool (drbook.replication.mapfile).
+        self.points = PointStore(vault, map_dir=self.settings.spool_dir)
         c = site.azure.containers
         self.cache = Cache(blob_service, c.cache)
         self.replicas = Replicas(blob_service, c.replicas, workers=self.settings.page_workers)
-        self.storage = CycleStorage(vault, self.points, self.cache, self.replicas, key)
+        self.storage = CycleStorage(vault, self.points, self.cache, self.replicas, key, map_dir=self.settings.spool_dir)
         self.last_stats: dict = {}
         self._local = threading.local()
 

@@ -7,6 +7,7 @@ the constants below equal the agent's and that frames round-trip both ways.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import struct
@@ -123,12 +124,29 @@ class Block:
     data: memoryview
 
 
-def encode_request(header: dict, maps: list[tuple[bytes, bytes]]) -> bytes:
+def write_request(out: BinaryIO, header: dict, maps: list[tuple]) -> int:
+    """Write the scan request to `out` (the agent's stdin): the header, then each disk's block
+    map and sub-block map, each a length and its bytes. A map is bytes, or an object with
+    `chunks()` (a drbook.replication.mapfile.MapBuffer), written a chunk at a time, so a large
+    disk's maps never become one bytes object here. The bytes written, the same as
+    encode_request's (and the agent's)."""
     body = json.dumps(header, sort_keys=True).encode()
-    parts = [MAGIC, struct.pack(">BI", REQUEST_VERSION, len(body)), body]
-    for block_map, sub_map in maps:
-        parts += [U64.pack(len(block_map)), block_map, U64.pack(len(sub_map)), sub_map]  # joined once, not copied first
-    return b"".join(parts)
+    out.write(MAGIC + struct.pack(">BI", REQUEST_VERSION, len(body)) + body)
+    sent = len(MAGIC) + 5 + len(body)
+    for pair in maps:
+        for m in pair:
+            out.write(U64.pack(len(m)))
+            for piece in m.chunks() if hasattr(m, "chunks") else (m,):
+                out.write(piece)
+            sent += U64.size + len(m)
+    return sent
+
+
+def encode_request(header: dict, maps: list[tuple]) -> bytes:
+    """The scan request as one bytes object (small maps: tests, benchmarks)."""
+    out = io.BytesIO()
+    write_request(out, header, maps)
+    return out.getvalue()
 
 
 def frame(kind: int, payload: bytes) -> bytes:

@@ -5,8 +5,10 @@ from the last point's snapshot; a replay that cannot be done flags the disks for
 
 from __future__ import annotations
 
+import collections
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from drbook.errors import NotFoundError, ProtocolError
 from drbook.replication import cycle as cy
@@ -68,7 +70,8 @@ def _roll_back_local(storage: CycleStorage, item: str, marker: cy.CommitMarker, 
         blob = replica_blob_name(item, d.name)
         try:
             old = points.manifest(item, last.id, d.name) if last is not None else None
-            new = Manifest.from_bytes(cache.get(d.manifest), what=d.manifest)
+            new = storage.get_map(d.manifest, lambda packed, d=d: Manifest.read(packed, what=d.manifest,
+                                                                               directory=storage.map_dir))
             source = next((x for x in last.disks if x.disk == d.name), None) if last is not None else None
         except NotFoundError:
             old = new = source = None
@@ -77,28 +80,52 @@ def _roll_back_local(storage: CycleStorage, item: str, marker: cy.CommitMarker, 
                                "the point was recorded")
             continue
         bs, size = old.block_size, old.disk_size
-        changed = [i for i in range(old.blocks) if old[i] != new[i]]
-        ranges: list[list[int]] = []
-        for i in changed:
-            if ranges and ranges[-1][1] == i and (ranges[-1][1] - ranges[-1][0]) * bs < cy.MAX_PAGE_WRITE:
-                ranges[-1][1] = i + 1
-            else:
-                ranges.append([i, i + 1])
 
-        def put_back(r: list[int], blob: str = blob, snapshot: str = source.snapshot) -> int:
+        def put_back(r: tuple[int, int], blob: str = blob, snapshot: str = source.snapshot) -> int:
             start, end = r[0] * bs, min(size, r[1] * bs)
             data = replicas.read(blob, snapshot, start, end - start)
             plan = cy.plan_segment_of_bytes(start, data)
             return replicas.write(blob, plan.writes, plan.clears)
 
         try:
-            with ThreadPoolExecutor(max(1, page_workers // 2)) as pool:
-                restored += sum(pool.map(put_back, ranges))
+            restored += _bounded_sum(put_back, _runs(old.changed(new), bs), max(1, page_workers // 2))
         except NotFoundError as exc:  # the last point's snapshot is gone
             flagged[d.name] = f"cycle {marker.cycle_id} could not be rolled back: {exc}"
+        finally:
+            old.close()
+            new.close()
     if flagged:
         storage.flag_resync(item, flagged)
     cache.delete(names)
     what = f"put {restored} bytes back from point {last.id}" if last is not None and restored else "nothing to put back"
     return (f"rolled back locally staged cycle {marker.cycle_id} ({what})"
             + (f"; flagged for resync: {', '.join(flagged)}" if flagged else ""))
+
+
+def _runs(changed: Iterator[int], block_size: int) -> Iterator[tuple[int, int]]:
+    """Runs [first, end) of consecutive changed blocks, each at most MAX_PAGE_WRITE bytes long."""
+    run: list[int] = []
+    for i in changed:
+        if run and run[1] == i and (run[1] - run[0]) * block_size < cy.MAX_PAGE_WRITE:
+            run[1] = i + 1
+        else:
+            if run:
+                yield run[0], run[1]
+            run = [i, i + 1]
+    if run:
+        yield run[0], run[1]
+
+
+def _bounded_sum(fn: Callable[[tuple[int, int]], int], items: Iterable[tuple[int, int]], workers: int) -> int:
+    """sum(map(fn, items)) on `workers` threads, taking items only as fast as they are done (a
+    large disk's changed runs are never all listed at once)."""
+    total = 0
+    with ThreadPoolExecutor(workers) as pool:
+        pending: collections.deque[Future] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                total += pending.popleft().result()
+        while pending:
+            total += pending.popleft().result()
+    return total

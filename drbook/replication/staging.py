@@ -66,7 +66,8 @@ def prepare_run(storage: CycleStorage, site: SiteConfig, settings: cy.CycleSetti
                 if old_subs is not None and (old_subs.layout != layout or old_subs.disk_size != old.disk_size):
                     old_subs = None
         disks.append(cy.DiskCycle(disk=disk, layout=layout, old=old, old_subs=old_subs,
-                                  force_resync=disk.resync_required, configured_size=configured.get(disk.name, 0)))
+                                  force_resync=disk.resync_required, configured_size=configured.get(disk.name, 0),
+                                  map_dir=storage.map_dir))
     for d in disks:
         d.direct = d.request_maps() == (b"", b"")
     unflagged = {d.disk.name: "no block map of the last point (lost manifest)"
@@ -110,11 +111,12 @@ def stage_run(storage: CycleStorage, run: ItemRun, point_id: str, group: str | N
     disks = []
     for d in run.disks:
         mkey = f"{cy.cycle_prefix(name, cycle_id)}{d.disk.name}.manifest"
-        storage.cache.put(mkey, d.manifest.to_bytes())
+        storage.put_map(mkey, d.manifest)
         skey = None
         if d.subs is not None:
             skey = f"{cy.cycle_prefix(name, cycle_id)}{d.disk.name}.sub"
-            storage.cache.put(skey, d.subs.to_bytes())
+            storage.put_map(skey, d.subs)
+        d.release_maps()
         disks.append(cy.MarkerDisk(name=d.disk.name, size=d.size, resync=d.resync, reason=d.reason, direct=d.direct,
                                    blocks_changed=d.changed, zero_blocks=d.zero_blocks, bytes_sent=d.bytes_sent,
                                    manifest=mkey, submap=skey))
