@@ -72,7 +72,9 @@ def test_a_failed_run_exits_with_its_drbook_error(lab_env):
     assert "no-such-machine" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_parameters_the_deployment_refuses_exit_2_before_any_run_exists(lab_env):
+def test_parameters_refused_exit_2_before_any_run_exists(lab_env):
+    """The CLI refuses a malformed --point itself; a parameter that gets past it is checked
+    against the deployment's schema before a run is created (runs.start)."""
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
@@ -83,7 +85,10 @@ def test_parameters_the_deployment_refuses_exit_2_before_any_run_exists(lab_env)
     before = runs_of_drills()
     proc = _cli(lab_env, "test-failover", "db01", "--point", "not a point")
     assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "'point'" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "--point 'not a point' is not a recovery point" in proc.stderr
+    with pytest.raises(runs.InvalidParameters) as info:
+        runs.start("test-failover/test-failover", {"machines": ["db01"], "point": "not a point"})
+    assert info.value.exit_code == 2 and "'point'" in str(info.value)
     assert runs_of_drills() == before
 
 
