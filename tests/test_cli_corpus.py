@@ -9,16 +9,17 @@ site config instead of the valid base) and `stdout` (a fragment of stdout, which
 empty). In argv, env and expect, `$DIR` is the test's directory (tests/site_corpus.py writes
 the site's files there) and `$SITE` the case's site config.
 
-Every case is a subprocess of its own, all started at once from a thread pool (each pays
-Python's start; the few that reach for Prefect pay its import too).
+Every case is a process of its own: tests/cli_corpus_driver.py imports drbook's CLI once and
+forks a child per case, all at once (a fresh interpreter per case took 15-25 s of the unit
+tests' one-minute budget); the few that reach for Prefect pay its import. Two cases are also
+run as a real `python -m drbook.cli`, and must come out the same.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,16 +61,18 @@ def _env(directory: Path, extra: dict[str, str]) -> dict[str, str]:
             **extra}
 
 
-def _run(name: str, directory: Path) -> Outcome:
+def _case(name: str, directory: Path) -> dict:
     case = CASES[name]
     site = _site_of(name, directory)
-    argv = [_fill(a, directory, site) for a in case["argv"]]
-    env = _env(directory, {k: _fill(str(v), directory, site) for k, v in (case.get("env") or {}).items()})
-    try:
-        proc = subprocess.run([sys.executable, "-m", "drbook.cli", *argv], capture_output=True, text=True, env=env,
-                              cwd=directory, timeout=TIMEOUT)
-    except subprocess.TimeoutExpired as exc:
-        return Outcome(None, str(exc.stdout or ""), str(exc.stderr or ""))
+    return {"argv": [_fill(a, directory, site) for a in case["argv"]],
+            "env": _env(directory, {k: _fill(str(v), directory, site) for k, v in (case.get("env") or {}).items()}),
+            "cwd": str(directory), "timeout": TIMEOUT}
+
+
+def _subprocess(case: dict) -> Outcome:
+    """The case as a real `python -m drbook.cli`, as a person runs it."""
+    proc = subprocess.run([sys.executable, "-m", "drbook.cli", *case["argv"]], capture_output=True, text=True,
+                          env=case["env"], cwd=case["cwd"], timeout=TIMEOUT)
     return Outcome(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -87,10 +90,18 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def outcomes(corpus_dir: Path) -> dict[str, Outcome]:
-    """Every case, run at once; the ones that import Prefect (exit 1: it is out of reach) first."""
-    order = sorted(CASES, key=lambda n: CASES[n]["exit"] != 1)
-    with ThreadPoolExecutor(max_workers=max(4, os.cpu_count() or 1)) as pool:
-        return dict(zip(order, pool.map(lambda n: _run(n, corpus_dir), order)))
+    """Every case at once, each a child process of the driver."""
+    names = sorted(CASES)
+    driver = subprocess.run([sys.executable, "-m", "tests.cli_corpus_driver"],
+                            input=json.dumps([_case(n, corpus_dir) for n in names]), capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1], timeout=TIMEOUT + 30)
+    assert driver.returncode == 0, driver.stderr
+    return {n: Outcome(**o) for n, o in zip(names, json.loads(driver.stdout))}
+
+
+@pytest.mark.parametrize("name", ["no-args", "site-invalid-field"])
+def test_a_forked_case_comes_out_as_a_real_drbook_process(name: str, outcomes: dict[str, Outcome], corpus_dir: Path):
+    assert _subprocess(_case(name, corpus_dir)) == outcomes[name]
 
 
 def _secrets(directory: Path) -> list[str]:
