@@ -4,7 +4,9 @@ local one), over real files."""
 from __future__ import annotations
 
 import ast
+import collections
 import hashlib
+import io
 import json
 import os
 import signal
@@ -391,3 +393,401 @@ def test_bad_request_is_an_error_frame():
     s = parse(list(p.FrameReader(proc.stdout)), LAYOUT, proc.wait(30))
     assert s.code == 2 and s.errors[0]["kind"] == "request" and "bad magic" in s.errors[0]["message"]
     assert s.trailer["ok"] is False
+
+
+# -- scan: hashes only --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", [LAYOUT, NOSUB], ids=["sub-blocks", "whole-blocks"])
+def test_hashes_only_scan_sends_indices_and_hashes_without_data(tmp_path: Path, layout: p.Layout):
+    size = 2 * 1024 * 1024 + 4096
+    old = make_disk(tmp_path / "d0.img", size, fill=0.7)
+    new = bytearray(old)
+    new[65536 * 3 + 10:65536 * 3 + 20] = os.urandom(10)
+    new[65536 * 5:65536 * 6] = bytes(65536)
+    new[-100:] = os.urandom(100)  # the short last block
+    (tmp_path / "d0.img").write_bytes(new)
+    block_map, sub_map = maps_of(old, layout)
+    s = run_scan(header([("d0", tmp_path / "d0.img", size)], layout, hashes_only=True, bridge_gap=65536),
+                 [(block_map, sub_map)], layout)
+    assert s.code == 0 and s.trailer["ok"], s.stderr
+    assert s.disks[0]["hashes_only"] is True and s.disks[0]["resync"] is False
+    blocks = 33
+    chunk = [bytes(new[i * 65536:(i + 1) * 65536]) for i in range(blocks)]
+    changed = [i for i in range(blocks) if chunk[i] != old[i * 65536:(i + 1) * 65536] and any(chunk[i])]
+    assert [b.index for b in s.blocks["d0"]] == changed  # no bridging with hashes_only
+    for b in s.blocks["d0"]:
+        assert b.mask == 0 and len(b.data) == 0 and b.digest == hashlib.sha256(chunk[b.index]).digest()
+        with pytest.raises(p.ProtocolError, match="invalid sub-block mask"):  # never taken for data
+            p.check_block("d0", size, layout, b)
+    was_zero = not any(old[65536 * 5:65536 * 6])
+    assert s.zeros["d0"] == ([] if was_zero else [(5, 1)])
+    assert s.ends[0]["changed"] == len(changed) and s.ends[0]["bytes_sent"] == 0
+    # Without a map: the whole manifest of the disk, as hashes and zero runs.
+    s = run_scan(header([("d0", tmp_path / "d0.img", None)], layout, hashes_only=True), [(b"", b"")], layout)
+    m = Manifest.of(bytes(size), 65536)
+    for b in s.blocks["d0"]:
+        m[b.index] = b.digest
+    assert m == Manifest.of(bytes(new), 65536)
+    assert s.disks[0]["resync"] is True and s.ends[0]["bytes_sent"] == 0
+
+
+# -- apply (master target) -------------------------------------------------------------------
+
+
+@dataclass
+class Applied:
+    code: int
+    stderr: str
+    hello: dict | None = None
+    disks: list[dict] = field(default_factory=list)
+    ends: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    trailer: dict | None = None
+
+
+def parse_apply(raw: bytes, code: int, stderr: str = "") -> Applied:
+    a = Applied(code, stderr)
+    for kind, payload in p.iter_frames(raw):
+        doc = json.loads(bytes(payload))
+        if kind == p.HELLO:
+            a.hello = doc
+        elif kind == p.DISK:
+            a.disks.append(doc)
+        elif kind == p.DISK_END:
+            a.ends.append(doc)
+        elif kind == p.ERROR:
+            a.errors.append(doc)
+        else:
+            assert kind == p.TRAILER and a.trailer is None
+            a.trailer = doc
+    return a
+
+
+def run_apply(stream: bytes, *, kill_after: int | None = None) -> Applied:
+    """The agent in apply mode as a subprocess; `kill_after`: SIGKILL it once that many bytes
+    of `stream` are in, before the rest is sent."""
+    proc = LocalShell().open_process(f"exec {sys.executable} {AGENT} apply")
+    if kill_after is None:
+        try:
+            proc.stdin.write(stream)
+            proc.stdin.close()
+        except BrokenPipeError:  # it refused the stream and stopped reading: its answer says why
+            pass
+        raw = proc.stdout.read()
+        return parse_apply(raw, proc.wait(30), proc.stderr_text())
+    proc.stdin.write(stream[:kill_after])
+    proc.stdin.flush()
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGKILL)
+    code = proc.wait(30)
+    return parse_apply(b"", code)
+
+
+def apply_header(disks: list[tuple[str, Path, int]]) -> bytes:
+    return agent_mod.encode_apply_header({"disks": [{"name": n, "path": str(path), "size": size} for n, path, size in disks]})
+
+
+@dataclass
+class Op:
+    disk: int
+    kind: str  # "B", "Z", "E"
+    offset: int = 0
+    data: bytes = b""
+    length: int = 0
+
+
+def encode_ops(ops: list[Op], done: bool = True) -> bytes:
+    out = []
+    for op in ops:
+        if op.kind == "B":
+            out.append(agent_mod.apply_block_frame(op.disk, op.offset, op.data))
+        elif op.kind == "Z":
+            out.append(agent_mod.apply_zero_frame(op.disk, op.offset, op.length))
+        else:
+            out.append(agent_mod.apply_end_frame(op.disk))
+    if done:
+        out.append(agent_mod.apply_done_frame())
+    return b"".join(out)
+
+
+def random_ops(rng, disk: int, size: int, n: int) -> list[Op]:
+    ops = []
+    for _ in range(n):
+        if rng.random() < 0.7:
+            length = rng.choice([65536, 4096, 512, rng.randrange(1, 70000)])
+            offset = rng.randrange(0, size - length + 1)
+            ops.append(Op(disk, "B", offset, rng.randbytes(length)))
+        else:
+            length = rng.choice([65536, 3 * 65536, rng.randrange(1, 3 * 1024 * 1024)])
+            length = min(length, size)
+            ops.append(Op(disk, "Z", rng.randrange(0, size - length + 1), length=length))
+    ops.append(Op(disk, "B", size - 1000, rng.randbytes(1000)))  # up to the very end
+    return ops
+
+
+def expected_after(base: bytes, ops: list[Op], disk: int) -> bytes:
+    out = bytearray(base)
+    for op in ops:
+        if op.disk != disk:
+            continue
+        if op.kind == "B":
+            out[op.offset:op.offset + len(op.data)] = op.data
+        elif op.kind == "Z":
+            out[op.offset:op.offset + op.length] = bytes(op.length)
+    return bytes(out)
+
+
+def write_log_sha256(ops: list[Op], disk: int) -> str:
+    """The E report's sha256, computed from its definition in the agent's docstring."""
+    h = hashlib.sha256()
+    for op in ops:
+        if op.disk == disk and op.kind == "B":
+            h.update(b"B" + op.offset.to_bytes(8, "big") + len(op.data).to_bytes(8, "big") + op.data)
+        elif op.disk == disk and op.kind == "Z":
+            h.update(b"Z" + op.offset.to_bytes(8, "big") + op.length.to_bytes(8, "big"))
+    return h.hexdigest()
+
+
+def two_targets(tmp_path: Path, rng) -> tuple[list[tuple[str, Path, int]], list[bytes], list[Op]]:
+    """Two targets holding old data (the first 8 KiB longer than the source), and a stream
+    of random block and zero writes for them, interleaved, with disk 0 ended mid-stream."""
+    sizes = [4 * 1024 * 1024 + 512, 3 * 1024 * 1024]
+    bases = [rng.randbytes(sizes[0] + 8192), rng.randbytes(sizes[1])]
+    disks = []
+    for i, (size, base) in enumerate(zip(sizes, bases)):
+        path = tmp_path / f"t{i}.img"
+        path.write_bytes(base)
+        disks.append((f"disk{i}", path, size))
+    a, b = random_ops(rng, 0, sizes[0], 60), random_ops(rng, 1, sizes[1], 40)
+    ops = []
+    while a or b:
+        src = a if (a and rng.random() < 0.6) or not b else b
+        ops.append(src.pop(0))
+    at = max(i for i, op in enumerate(ops) if op.disk == 0)
+    ops.insert(at + 1, Op(0, "E"))  # disk 1 is ended by the end frame
+    return disks, bases, ops
+
+
+def test_apply_round_trip_writes_blocks_and_zero_ranges(tmp_path: Path):
+    import random
+
+    rng = random.Random(12)
+    disks, bases, ops = two_targets(tmp_path, rng)
+    a = run_apply(apply_header(disks) + encode_ops(ops))
+    assert a.code == 0, (a.stderr, a.errors)
+    assert a.hello["mode"] == "apply" and a.hello["version"] == agent_mod.AGENT_VERSION
+    assert [(d["name"], d["kind"], d["size"], d["target_size"]) for d in a.disks] == [
+        ("disk0", "file", disks[0][2], disks[0][2] + 8192), ("disk1", "file", disks[1][2], disks[1][2])]
+    for i, (name, path, size) in enumerate(disks):
+        assert path.read_bytes() == expected_after(bases[i], ops, i)
+    assert path.stat().st_size == disks[1][2]  # never grown
+    assert disks[0][1].read_bytes()[-8192:] == bases[0][-8192:]  # past `size`: untouched
+    assert [e["name"] for e in a.ends] == ["disk0", "disk1"] and a.trailer == {
+        **a.trailer, "ok": True, "error": None, "ended": ["disk0", "disk1"], "mode": "apply"}
+    for i, end in enumerate(a.ends):
+        mine = [op for op in ops if op.disk == i]
+        assert end["blocks"] == sum(op.kind == "B" for op in mine)
+        assert end["data_bytes"] == sum(len(op.data) for op in mine)
+        assert end["zero_ranges"] == sum(op.kind == "Z" for op in mine)
+        assert end["zero_bytes"] == sum(op.length for op in mine if op.kind == "Z")
+        assert end["bytes_written"] == end["data_bytes"] + end["zero_bytes"]
+        assert end["sha256"] == write_log_sha256(ops, i)
+    # The same stream again: the same bytes and the same reports.
+    again = run_apply(apply_header(disks) + encode_ops(ops))
+    assert again.code == 0
+    for i, (name, path, size) in enumerate(disks):
+        assert path.read_bytes() == expected_after(bases[i], ops, i)
+    assert [e["sha256"] for e in again.ends] == [e["sha256"] for e in a.ends]
+    # The output is frames the process server's reader accepts.
+    proc = LocalShell().open_process(f"{sys.executable} {AGENT} apply")
+    proc.stdin.write(apply_header(disks) + encode_ops(ops))
+    proc.stdin.close()
+    assert [k for k, _ in p.FrameReader(proc.stdout)] == [p.HELLO, p.DISK, p.DISK, p.DISK_END, p.DISK_END, p.TRAILER]
+    assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("how", ["cut-mid-frame", "cut-between-frames", "killed"])
+def test_apply_interrupted_then_rerun_gives_identical_bytes(tmp_path: Path, how: str):
+    import random
+
+    rng = random.Random(7)
+    disks, bases, ops = two_targets(tmp_path, rng)
+    stream = apply_header(disks) + encode_ops(ops)
+    half = len(stream) // 2
+    if how == "cut-between-frames":
+        full = apply_header(disks)
+        for op in ops:
+            full += encode_ops([op], done=False)
+            if len(full) >= half:
+                break
+        cut = run_apply(full)
+        assert cut.code == 2 and "ended before its end frame" in cut.trailer["error"]
+    elif how == "cut-mid-frame":
+        assert all(len(encode_ops([op], done=False)) > 100 or op.kind != "B" for op in ops)
+        cut = run_apply(stream[:half])
+        assert cut.code == 2 and cut.trailer["ok"] is False and cut.errors[0]["kind"] == "frame"
+        assert "inside a frame" in cut.trailer["error"], cut.trailer
+    else:
+        cut = run_apply(stream, kill_after=half)
+        assert cut.code == -signal.SIGKILL and cut.trailer is None
+    assert any(path.read_bytes() != base for (_, path, _), base in zip(disks, bases)), "part of it was applied"
+    full = run_apply(stream)
+    assert full.code == 0, full.errors
+    for i, (name, path, size) in enumerate(disks):
+        assert path.read_bytes() == expected_after(bases[i], ops, i), name
+
+
+def _untouched(paths: list[Path]):  # noqa: ANN202 - a checker
+    before = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in paths}
+    return lambda: all((path.read_bytes(), path.stat().st_mtime_ns) == seen for path, seen in before.items())
+
+
+def test_apply_refuses_a_target_smaller_than_its_size_before_writing(tmp_path: Path):
+    good, small = tmp_path / "good.img", tmp_path / "small.img"
+    good.write_bytes(b"\x11" * 1024 * 1024)
+    small.write_bytes(b"\x22" * (1024 * 1024 - 512))
+    untouched = _untouched([good, small])
+    ops = [Op(0, "B", 0, b"\xff" * 65536), Op(1, "B", 0, b"\xff" * 65536), Op(0, "Z", 65536, length=65536)]
+    a = run_apply(apply_header([("good", good, 1024 * 1024), ("small", small, 1024 * 1024)]) + encode_ops(ops))
+    assert a.code == 2 and a.trailer["ok"] is False and a.disks == [] and a.ends == []
+    assert a.errors == [{"disk": "small", "kind": "target", "message": a.trailer["error"]}]
+    assert "1048064 bytes, smaller than the 1048576 bytes to apply" in a.trailer["error"]
+    assert untouched()
+
+
+def test_apply_refuses_directories_missing_paths_fifos_and_a_target_twice(tmp_path: Path):
+    good = tmp_path / "good.img"
+    good.write_bytes(bytes(65536))
+    (tmp_path / "dir").mkdir()
+    os.mkfifo(tmp_path / "fifo")  # opening it for writing would block: refused before that
+    os.symlink(good, tmp_path / "link")
+    untouched = _untouched([good])
+    cases = {tmp_path / "dir": "not a regular file or a block device",
+             tmp_path / "fifo": "not a regular file or a block device",
+             tmp_path / "missing.img": "cannot stat: No such file",
+             tmp_path / "link": "the same target as disk good"}
+    for path, message in cases.items():
+        started = time.monotonic()
+        a = run_apply(apply_header([("good", good, 65536), ("bad", path, 4096)])
+                      + encode_ops([Op(0, "B", 0, b"x" * 4096), Op(1, "B", 0, b"x" * 4096)]))
+        assert a.code == 2 and a.errors[0]["kind"] == "target" and a.errors[0]["disk"] == "bad", a
+        assert message in a.trailer["error"] and str(path) in a.trailer["error"]
+        assert time.monotonic() - started < 10
+        assert untouched(), path
+    assert not (tmp_path / "missing.img").exists()  # never created
+
+
+@pytest.mark.parametrize("op, message", [
+    (Op(0, "B", 65536 - 4095, b"x" * 4096), "a block of 4096 bytes at offset 61441 is outside disk d's [0, 65536)"),
+    (Op(0, "B", 1 << 63, b"x"), "outside"),
+    (Op(0, "Z", 0, length=65537), "a zero range of 65537 bytes at offset 0 is outside"),
+    (Op(0, "Z", 65536, length=1), "outside"),
+    (Op(0, "Z", 100, length=0), "a zero range of 0 bytes"),
+    (Op(1, "B", 0, b"x"), "names disk 1 of 1"),
+    (Op(0, "E"), "a second end frame for disk d"),
+], ids=["block-past-end", "block-huge-offset", "zeros-past-end", "zeros-at-end", "zero-length", "no-such-disk",
+        "second-end"])
+def test_apply_refuses_writes_outside_the_disk(tmp_path: Path, op: Op, message: str):
+    target = tmp_path / "t.img"
+    target.write_bytes(b"\x01" * (65536 + 8192))  # larger than the disk: the tail must stay
+    first = Op(0, "B", 0, b"\x02" * 512)
+    ops = [first, Op(0, "E"), op] if op.kind == "E" else [first, op]
+    a = run_apply(apply_header([("d", target, 65536)]) + encode_ops(ops))
+    assert a.code == 2 and a.trailer["ok"] is False and message in a.trailer["error"], a.trailer
+    assert target.read_bytes() == b"\x02" * 512 + b"\x01" * (65536 + 8192 - 512)  # only the valid frame
+
+
+def test_apply_after_end_frame_is_refused(tmp_path: Path):
+    target = tmp_path / "t.img"
+    target.write_bytes(bytes(65536))
+    a = run_apply(apply_header([("d", target, 65536)]) + encode_ops([Op(0, "E"), Op(0, "B", 0, b"x")]))
+    assert a.code == 2 and "a block for disk d after its end frame" in a.trailer["error"]
+    assert [e["name"] for e in a.ends] == ["d"] and target.read_bytes() == bytes(65536)
+
+
+def _malformed(target: Path) -> dict[str, bytes]:
+    hdr = apply_header([("d", target, 65536)])
+    ok = agent_mod.apply_block_frame(0, 0, b"y" * 100)
+    disk = {"name": "d", "path": str(target), "size": 65536}
+
+    def raw_header(body: bytes, magic: bytes = b"DRBA", version: int = 1) -> bytes:
+        return magic + bytes([version]) + len(body).to_bytes(4, "big") + body
+
+    return {
+        "empty": b"",
+        "scan-request": agent_mod.encode_request({"disks": [disk]}, [(b"", b"")]),
+        "bad-version": raw_header(b"{}", version=2),
+        "short-header": raw_header(b'{"disks": []}')[:-3],
+        "header-not-json": raw_header(b"{not json"),
+        "header-not-utf8": raw_header(b"\xff\xfe"),
+        "header-a-list": raw_header(b"[]"),
+        "header-huge": b"DRBA\x01\xff\xff\xff\xff",
+        "no-disks": raw_header(b'{"disks": []}'),
+        "size-missing": raw_header(json.dumps({"disks": [{"name": "d", "path": str(target)}]}).encode()),
+        "size-bool": raw_header(json.dumps({"disks": [{**disk, "size": True}]}).encode()),
+        "size-negative": raw_header(json.dumps({"disks": [{**disk, "size": -1}]}).encode()),
+        "path-empty": raw_header(json.dumps({"disks": [{**disk, "path": ""}]}).encode()),
+        "unknown-frame": hdr + ok + p.frame(ord("Q"), b"abc"),
+        "scan-frame": hdr + ok + p.json_frame(p.HELLO, {}),
+        "block-no-data": hdr + ok + p.frame(p.BLOCK, agent_mod.APPLY_BLOCK.pack(0, 0)),
+        "block-short": hdr + ok + p.frame(p.BLOCK, b"\0\0"),
+        "block-huge-claim": hdr + ok + p.FRAME.pack(p.BLOCK, 0xFFFFFFFF) + b"x" * 64,
+        "zero-short": hdr + ok + p.frame(p.ZERO, b"\0" * 12),
+        "end-long": hdr + ok + p.frame(p.DISK_END, b"\0" * 8),
+        "done-with-payload": hdr + ok + p.frame(p.TRAILER, b"{}"),
+        "cut-in-frame-header": hdr + ok + ok[:3],
+        "cut-in-payload": hdr + ok + ok[:50],
+        "garbage": hdr + bytes(range(256)) * 4,
+    }
+
+
+def test_malformed_apply_streams_give_an_error_trailer(tmp_path: Path):
+    """Each case in process (cheap), a few also through the command line."""
+    target = tmp_path / "t.img"
+    target.write_bytes(bytes(65536))
+    for name, stream in _malformed(target).items():
+        if name in ("scan-request", "block-huge-claim", "cut-in-payload", "garbage"):
+            a = run_apply(stream)
+        else:
+            out = io.BytesIO()
+            code = agent_mod.apply(io.BytesIO(stream), out)
+            a = parse_apply(out.getvalue(), code)
+        assert a.code == 2, (name, a.code, a.stderr)
+        assert a.trailer["ok"] is False and a.trailer["error"] and a.errors[0]["kind"] in ("request", "frame"), name
+        assert "Traceback" not in a.stderr, name
+        assert target.read_bytes()[100:] == bytes(65536 - 100), name  # at most the one valid block
+
+
+def test_apply_mutated_streams_never_crash(tmp_path: Path):
+    """In process, over a seeded corpus: any mutation of a valid stream ends in a trailer,
+    exit 0 or 2 (never an internal error), and never writes outside [0, size)."""
+    import random
+
+    rng = random.Random(3)
+    target = tmp_path / "t.img"
+    size = 256 * 1024
+    ops = random_ops(rng, 0, size, 12)
+    ops = [Op(op.disk, op.kind, op.offset, op.data[:5000], min(op.length, 20000)) for op in ops]
+    valid = apply_header([("d", target, size)]) + encode_ops(ops + [Op(0, "E")])
+    codes = collections.Counter()
+    for _ in range(300):
+        data = bytearray(valid)
+        for _ in range(rng.randrange(1, 4)):
+            what, at = rng.random(), rng.randrange(len(data))
+            if what < 0.4:
+                data[at] ^= 1 << rng.randrange(8)
+            elif what < 0.6:
+                del data[at:at + rng.randrange(1, 64)]
+            elif what < 0.8:
+                data[at:at] = rng.randbytes(rng.randrange(1, 16))
+            else:
+                data = data[:at]
+        target.write_bytes(b"\xaa" * (size + 4096))
+        out = io.BytesIO()
+        code = agent_mod.apply(io.BytesIO(bytes(data)), out)
+        a = parse_apply(out.getvalue(), code)
+        assert code in (0, 2) and a.trailer["ok"] is (code == 0), (code, a.trailer)
+        assert target.read_bytes()[size:] == b"\xaa" * 4096 and target.stat().st_size == size + 4096
+        codes[code] += 1
+    assert codes[2] > 200 and codes[0] >= 1, codes

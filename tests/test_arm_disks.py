@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import struct
+import threading
 import time
+import uuid
 
 import azure.mgmt.compute.models as cm
 import httpx
 import pytest
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient
 
-from tests.arm_fixtures import LOCATION, MIB, arm, arm_azurite, arm_certs, arm_server  # noqa: F401
+from tests.arm_fixtures import LOCATION, MIB, arm, arm_azurite, arm_certs, arm_server, start_server  # noqa: F401
 
 GRANT = cm.GrantAccessData(access="Read", duration_in_seconds=3600)
 
@@ -297,3 +301,220 @@ def test_growing_a_disk_moves_its_footer(arm):
     end = fetch(arm, sas, f"{1 << 30}-{(1 << 30) + 1023}")  # asks past the end: only the footer is there
     assert end.status_code == 206 and end.headers["Content-Range"] == f"bytes {1 << 30}-{(1 << 30) + 511}/{(1 << 30) + 512}"
     assert_fixed_vhd_footer(end.content, 1 << 30)
+
+
+# -- incremental snapshots ------------------------------------------------------------------------
+
+
+def incremental(arm, name: str, source_id: str, rg: str = "rg", **kwargs):
+    return arm.compute.snapshots.begin_create_or_update(rg, name, cm.Snapshot(
+        location=LOCATION, incremental=True,
+        creation_data=cm.CreationData(create_option="Copy", source_resource_id=source_id, **kwargs)))
+
+
+def write_disk(arm, disk, offset: int, data: bytes) -> None:
+    """What the VM's guest would do: write pages of the disk's blob in the emulator's Azurite."""
+    blob = arm.azurite.client().get_blob_client("arm-disks", f"disks/{disk.unique_id}.vhd")
+    blob.upload_page(data, offset=offset, length=len(data))
+
+
+def snapshot_bytes(arm, name: str, rg: str = "rg") -> bytes:
+    """A snapshot's bytes through a grant-access (Read) SAS, read with the storage SDK; revoked after."""
+    snaps = arm.compute.snapshots
+    sas = snaps.begin_grant_access(rg, name, GRANT).result(timeout=20).access_sas
+    try:
+        return BlobClient.from_blob_url(sas, connection_verify=str(arm.ca)).download_blob().readall()
+    finally:
+        snaps.begin_revoke_access(rg, name).result(timeout=20)
+
+
+def running_vm_with_disk(arm, data: bytes):
+    """A running VM whose OS disk was imported from `data`; the disk."""
+    account = _setup(arm)
+    disk = arm.import_disk("app-os", upload(arm, "app-os.vhd", data), account.id).result(timeout=20)
+    nic = arm.nic(arm.vnet().subnets[0].id)
+    arm.compute.virtual_machines.begin_create_or_update("rg", "app", arm.vm_body(disk.id, [nic.id])).result(timeout=20)
+    disk = arm.compute.disks.get("rg", "app-os")
+    assert disk.disk_state == "Attached"
+    return disk
+
+
+def test_incremental_snapshot_of_a_running_vms_disk_copies_its_bytes_at_that_instant(arm):
+    a, b, c, d = os.urandom(MIB), os.urandom(4096), os.urandom(4096), os.urandom(4096)
+    disk = running_vm_with_disk(arm, a)
+
+    s1 = incremental(arm, "app-os-s1", disk.id).result(timeout=20)
+    assert (s1.incremental, s1.provisioning_state, s1.disk_size_bytes) == (True, "Succeeded", MIB)
+    assert s1.creation_data.create_option == "Copy"
+    assert s1.creation_data.source_resource_id == disk.id
+    assert s1.creation_data.source_unique_id == disk.unique_id
+    assert s1.incremental_snapshot_family_id and s1.unique_id != disk.unique_id
+    write_disk(arm, disk, 0, b)  # the guest writes after s1 ...
+    s2 = incremental(arm, "app-os-s2", disk.id).result(timeout=20)
+    write_disk(arm, disk, 8192, c)  # ... and after s2
+    assert s2.incremental_snapshot_family_id == s1.incremental_snapshot_family_id
+    full = arm.compute.snapshots.begin_create_or_update("rg", "app-os-full", cm.Snapshot(
+        location=LOCATION, creation_data=cm.CreationData(create_option="Copy", source_resource_id=disk.id))) \
+        .result(timeout=20)
+    assert full.incremental is False and full.incremental_snapshot_family_id is None
+    write_disk(arm, disk, 16384, d)  # after the full snapshot too
+    assert arm.compute.snapshots.get("rg", "app-os-s2").incremental is True
+
+    one, two, three = snapshot_bytes(arm, "app-os-s1"), snapshot_bytes(arm, "app-os-s2"), \
+        snapshot_bytes(arm, "app-os-full")
+    assert one[:-512] == a
+    assert two[:-512] == b + a[4096:]
+    assert three[:-512] == b + a[4096:8192] + c + a[12288:]
+    for whole in (one, two, three):
+        assert_fixed_vhd_footer(whole[-512:], MIB)
+    assert arm.compute.disks.get("rg", "app-os").disk_state == "Attached"
+    # a disk restored from a snapshot has bytes of its own too: writing it leaves the snapshot alone
+    restored = arm.compute.disks.begin_create_or_update("rg", "restored", cm.Disk(
+        location=LOCATION, creation_data=cm.CreationData(create_option="Copy", source_resource_id=s1.id))) \
+        .result(timeout=20)
+    write_disk(arm, restored, 0, c)
+    assert snapshot_bytes(arm, "app-os-s1") == one
+
+    family = arm.control.snapshot_families()[disk.unique_id]
+    assert [(s["id"], s["sequence"]) for s in family["snapshots"]] == [(s1.id, 1), (s2.id, 2)]
+    assert family["familyId"] == s1.incremental_snapshot_family_id and family["next"] == 3
+    # changing a snapshot's kind afterwards is refused
+    with pytest.raises(HttpResponseError) as exc:
+        arm.compute.snapshots.begin_create_or_update("rg", "app-os-full", cm.Snapshot(
+            location=LOCATION, incremental=True,
+            creation_data=cm.CreationData(create_option="Copy", source_resource_id=disk.id))).result(timeout=20)
+    assert (exc.value.status_code, exc.value.error.code) == (400, "PropertyChangeNotAllowed")
+
+
+def test_incremental_snapshot_only_of_a_disk(arm):
+    account = _setup(arm)
+    disk = arm.disk("rg", "d1")
+    snap = incremental(arm, "d1-s1", disk.id).result(timeout=20)
+    full = arm.compute.snapshots.begin_create_or_update("rg", "d1-full", cm.Snapshot(
+        location=LOCATION, creation_data=cm.CreationData(create_option="Copy", source_resource_id=disk.id))) \
+        .result(timeout=20)
+    for source in (snap, full):
+        with pytest.raises(HttpResponseError) as exc:
+            incremental(arm, "of-a-snapshot", source.id).result(timeout=20)
+        assert (exc.value.status_code, exc.value.error.code) == (400, "InvalidParameter")
+        assert "managed disk" in exc.value.error.message
+    source = upload(arm, "inc.vhd", b"\0" * MIB)
+    with pytest.raises(HttpResponseError) as exc:
+        incremental(arm, "imported", None, source_uri=source, storage_account_id=account.id)
+    assert (exc.value.status_code, exc.value.error.code) == (400, "InvalidParameter")
+    with pytest.raises(HttpResponseError) as exc:
+        arm.compute.snapshots.begin_create_or_update("rg", "imported", cm.Snapshot(
+            location=LOCATION, incremental=True, creation_data=cm.CreationData(
+                create_option="Import", source_uri=source, storage_account_id=account.id))).result(timeout=20)
+    assert (exc.value.status_code, exc.value.error.code) == (400, "InvalidParameter")
+    assert sorted(s.name for s in arm.compute.snapshots.list_by_resource_group("rg")) == ["d1-full", "d1-s1"]
+    # a disk copied from an incremental snapshot is a plain disk
+    restored = arm.compute.disks.begin_create_or_update("rg", "d1-restored", cm.Disk(
+        location=LOCATION, creation_data=cm.CreationData(create_option="Copy", source_resource_id=snap.id))) \
+        .result(timeout=20)
+    assert restored.creation_data.source_unique_id == snap.unique_id
+
+
+def test_incremental_snapshot_limits_per_disk(arm):
+    arm.rg("rg")
+    d1, d2 = arm.disk("rg", "d1"), arm.disk("rg", "d2")
+    assert arm.control.snapshot_limits() == {"maxPerDisk": 500, "maxPerWindow": 7, "windowSeconds": 300}
+    # at most N created within the window, per disk
+    arm.control.set_snapshot_limits(max_per_window=2)
+    incremental(arm, "d1-a", d1.id).result(timeout=20)
+    incremental(arm, "d1-b", d1.id).result(timeout=20)
+    with pytest.raises(ResourceExistsError) as exc:
+        incremental(arm, "d1-c", d1.id).result(timeout=20)
+    assert (exc.value.status_code, exc.value.error.code) == (409, "OperationNotAllowed")
+    assert "within 300 seconds" in exc.value.error.message
+    with pytest.raises(ResourceNotFoundError):
+        arm.compute.snapshots.get("rg", "d1-c")
+    incremental(arm, "d2-a", d2.id).result(timeout=20)  # another disk: its own count
+    arm.compute.snapshots.begin_create_or_update("rg", "d1-full", cm.Snapshot(  # full snapshots: no limit
+        location=LOCATION, creation_data=cm.CreationData(create_option="Copy", source_resource_id=d1.id))) \
+        .result(timeout=20)
+    # deleting a snapshot does not give back a creation inside the window
+    arm.compute.snapshots.begin_delete("rg", "d1-b").result(timeout=20)
+    with pytest.raises(ResourceExistsError):
+        incremental(arm, "d1-c", d1.id).result(timeout=20)
+    # the window slides
+    arm.control.set_snapshot_limits(window_seconds=1)
+    time.sleep(1.1)
+    incremental(arm, "d1-c", d1.id).result(timeout=20)
+
+    # at most N at any time: deleting one frees room
+    limits = arm.control.set_snapshot_limits(max_per_window=100, max_per_disk=3)
+    assert limits == {"maxPerDisk": 3, "maxPerWindow": 100, "windowSeconds": 1}
+    incremental(arm, "d1-d", d1.id).result(timeout=20)  # a, c, d
+    with pytest.raises(ResourceExistsError) as exc:
+        incremental(arm, "d1-e", d1.id).result(timeout=20)
+    assert (exc.value.status_code, exc.value.error.code) == (409, "OperationNotAllowed")
+    assert "already has 3 incremental snapshots" in exc.value.error.message
+    arm.compute.snapshots.begin_delete("rg", "d1-a").result(timeout=20)
+    incremental(arm, "d1-e", d1.id).result(timeout=20)
+    family = arm.control.snapshot_families()[d1.unique_id]
+    assert [(s["id"].rsplit("/", 1)[1], s["sequence"]) for s in family["snapshots"]] == \
+        [("d1-c", 3), ("d1-d", 4), ("d1-e", 5)]
+    # back to Azure's values; a reset forgets the lowered limits too
+    assert arm.control.set_snapshot_limits(clear=True)["maxPerDisk"] == 500
+    arm.control.set_snapshot_limits(max_per_disk=1)
+    arm.control.reset()
+    assert arm.control.snapshot_limits()["maxPerDisk"] == 500 and arm.control.snapshot_families() == {}
+
+
+def test_concurrent_incremental_snapshots_of_one_disk_respect_the_limit(arm):
+    arm.rg("rg")
+    disk = arm.disk("rg", "d1")
+    arm.control.set_snapshot_limits(max_per_window=3)
+    outcomes: dict[str, object] = {}
+
+    def take(name: str) -> None:
+        try:
+            outcomes[name] = incremental(arm, name, disk.id).result(timeout=30)
+        except ResourceExistsError as exc:
+            outcomes[name] = exc.error.code
+
+    threads = [threading.Thread(target=take, args=(f"s{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    made = sorted(n for n, o in outcomes.items() if not isinstance(o, str))
+    assert len(made) == 3 and sorted(o for o in outcomes.values() if isinstance(o, str)) == ["OperationNotAllowed"] * 3
+    family = arm.control.snapshot_families()[disk.unique_id]
+    assert sorted(s["id"].rsplit("/", 1)[1] for s in family["snapshots"]) == made
+    assert [s["sequence"] for s in family["snapshots"]] == [1, 2, 3]
+
+
+def test_incremental_snapshots_survive_a_restart(arm, arm_certs, arm_azurite, tmp_path):
+    sub = str(uuid.uuid4())
+    server = start_server(arm_certs, arm_azurite, tmp_path / "state", sub)
+    port = server.port
+    data = os.urandom(MIB)
+    try:
+        a = arm.__class__(server, arm.ca, arm_azurite)
+        disk = running_vm_with_disk(a, data)
+        s1 = incremental(a, "app-os-s1", disk.id).result(timeout=20)
+        write_disk(a, disk, 0, b"\1" * 4096)
+        incremental(a, "app-os-s2", disk.id).result(timeout=20)
+        a.control.set_snapshot_limits(max_per_window=3)
+    finally:
+        server.stop()
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state["snapshotFamilies"][disk.unique_id]["next"] == 3
+    server = start_server(arm_certs, arm_azurite, tmp_path / "state", sub, port=port)
+    try:
+        a = arm.__class__(server, arm.ca, arm_azurite)
+        again = a.compute.snapshots.get("rg", "app-os-s1")
+        assert (again.incremental, again.creation_data.source_unique_id) == (True, disk.unique_id)
+        assert again.incremental_snapshot_family_id == s1.incremental_snapshot_family_id
+        assert snapshot_bytes(a, "app-os-s1")[:-512] == data
+        s3 = incremental(a, "app-os-s3", disk.id).result(timeout=20)  # the sequence goes on
+        assert s3.incremental_snapshot_family_id == s1.incremental_snapshot_family_id
+        family = a.control.snapshot_families()[disk.unique_id]
+        assert [s["sequence"] for s in family["snapshots"]] == [1, 2, 3]
+        with pytest.raises(ResourceExistsError):  # the limit and the window's creations persisted
+            incremental(a, "app-os-s4", disk.id).result(timeout=20)
+        assert snapshot_bytes(a, "app-os-s3")[:4096] == b"\1" * 4096
+    finally:
+        server.stop()

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""drbook agent: reads a machine's disks and sends the blocks that changed.
+"""drbook agent: reads a machine's disks and sends the blocks that changed; on a master
+target (reprotect, failback) it writes the blocks it is sent.
 
 Shipped as this one file to the source machine and run by the process server over SSH
 (DESIGN.md section 2). Standard library only, Python >= 3.6. Stateless: the process
@@ -9,13 +10,14 @@ whose SHA-256 differs from that map, so a lost cycle can never lose a change.
     agent.py --version
     agent.py self-check --disk PATH [PATH ...]
     agent.py scan                  request on stdin, framed stream on stdout
+    agent.py apply                 writes on stdin (master target), reports on stdout
 
 Request (stdin):
     b"DRBK" u8 version=1  u32 header length  header JSON
         {"disks": [{"name", "path", "size"}], "block_size", "sub_block_size",
          "sub_hash_len", "hooks": {"freeze": [{"cmd", "kind"}], "thaw": [...]},
          "hook_timeout", "barrier", "barrier_timeout", "max_freeze", "read_buffer", "threads",
-         "bridge_gap"}
+         "bridge_gap", "hashes_only"}
     then per disk, in header order:
         u64 length + block map: 32-byte SHA-256 per block (empty = no map -> resync)
         u64 length + sub-block map: sub_hash_len bytes per sub-block, block by block
@@ -27,7 +29,9 @@ Stream (stdout): frames of  u8 type, u32 payload length, payload.
     D disk      JSON {index, name, path, size, blocks, resync, reason}
     B block     u64 index, u32 sub-block mask, 32-byte SHA-256 of the whole block,
                 sub-block hashes of the whole block (when sub-blocks are on),
-                then the data of the sub-blocks in the mask, in order
+                then the data of the sub-blocks in the mask, in order.
+                With "hashes_only" the mask is 0 and no data follows (the disk frame
+                then says "hashes_only": true; no bridging); zeros are Z frames as usual
     Z zeros     u64 first index, u32 count: blocks now all zero
     S sub-hashes u64 index + sub-block hashes of an unchanged block (only with
                 "sub_rebuild": the process server lost its sub-block map)
@@ -36,6 +40,26 @@ Stream (stdout): frames of  u8 type, u32 payload length, payload.
     X error     JSON {disk, kind, message}
     T trailer   JSON {ok, resync, freeze, thaw, frozen_at, read_started, read_ended,
                       thaw_started, thawed_early, seconds, version, error}
+
+Apply (stdin), the same frame layout (u8 type, u32 payload length, payload):
+    b"DRBA" u8 version=1  u32 header length  header JSON {"disks": [{"name", "path", "size"}]}
+    B block     u32 disk index, u64 offset, data            -> written at offset
+    Z zeros     u32 disk index, u64 offset, u64 length      -> zeros written there
+    E disk end  u32 disk index                              -> fsync, then a report
+    T end       empty: the stream is complete (disks not ended yet are ended now)
+    Every target is checked before anything is written: it must exist and be a regular
+    file or a block device of at least "size" bytes (it is never created, truncated or
+    grown). Every write must lie inside [0, size). Writes are positioned, so the same
+    stream applied again (also after a cut) leaves the same bytes.
+Apply (stdout):
+    H hello     JSON {version, python, pid, mode: "apply"}
+    D disk      JSON {index, name, path, size, kind, target_size}   once all are checked
+    E disk end  JSON {index, name, path, blocks, data_bytes, zero_ranges, zero_bytes,
+                      bytes_written, sha256, fsync_seconds, seconds}
+                sha256 covers the writes in stream order: per block b"B" u64 offset
+                u64 length data, per zero range b"Z" u64 offset u64 length
+    X error     JSON {disk, kind, message}
+    T trailer   JSON {ok, error, ended, version, seconds, mode: "apply"}
 """
 
 import argparse
@@ -53,7 +77,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-AGENT_VERSION = "0.4.0"
+AGENT_VERSION = "0.5.0"
 
 MAGIC = b"DRBK"
 REQUEST_VERSION = 1
@@ -80,6 +104,15 @@ ABORT = b"A"
 
 MAX_HOOK_OUTPUT = 4000
 PROGRESS_EVERY_S = 0.5
+
+APPLY_MAGIC = b"DRBA"
+APPLY_VERSION = 1
+APPLY_BLOCK = struct.Struct(">IQ")  # disk index, offset; the data follows
+APPLY_ZERO = struct.Struct(">IQQ")  # disk index, offset, length
+APPLY_DISK = struct.Struct(">I")  # disk index
+APPLY_MAX_DATA = 16 << 20  # one block frame's data (the process server sends 64 KiB blocks)
+APPLY_MAX_HEADER = 1 << 20
+ZERO_CHUNK = 1 << 20
 
 
 class AgentError(Exception):
@@ -412,7 +445,8 @@ class Scanner(object):
         buf = int(header.get("read_buffer") or (4 << 20))
         self.read_buffer = max(self.block_size, buf - buf % self.block_size)
         self.threads = max(1, int(header.get("threads") or 2))
-        self.bridge_gap = max(0, int(header.get("bridge_gap") or 0))
+        self.hashes_only = bool(header.get("hashes_only"))
+        self.bridge_gap = 0 if self.hashes_only else max(0, int(header.get("bridge_gap") or 0))
         self.pool = ThreadPoolExecutor(self.threads)
 
     def close(self):
@@ -438,8 +472,10 @@ class Scanner(object):
             block_map = sub_map = None
         elif sub_map is not None and len(sub_map) != blocks * self.hasher.nsub * self.hasher.shl:
             sub_map = None
-        self.out.send(json_frame(DISK, {"index": index, "name": name, "path": path, "size": size,
-                                        "blocks": blocks, "resync": resync, "reason": reason}))
+        disk = {"index": index, "name": name, "path": path, "size": size, "blocks": blocks, "resync": resync, "reason": reason}
+        if self.hashes_only:
+            disk["hashes_only"] = True
+        self.out.send(json_frame(DISK, disk))
         counts = self._read(index, name, path, size, block_map, sub_map)
         counts.update(index=index, name=name, seconds=round(time.time() - started, 4))
         self.out.send(json_frame(DISK_END, counts))
@@ -530,6 +566,11 @@ class Scanner(object):
                     zrun[0], zrun[1] = index, 1
                 stats["zero"] += 1
                 continue
+            if self.hashes_only:
+                meta = BLOCK_HEAD.pack(index, 0) + digest + (subs or b"")
+                self.out.send(frame(BLOCK, meta))
+                stats["changed"] += 1
+                continue
             data = view[off:off + length]
             if h.sbs and mask != (1 << h.nsub) - 1:
                 parts = [data[i * h.sbs:(i + 1) * h.sbs] for i in range(h.nsub) if mask >> i & 1]
@@ -540,6 +581,254 @@ class Scanner(object):
             self.out.send(FRAME.pack(BLOCK, len(meta) + size), meta, *parts)
             stats["changed"] += 1
             stats["bytes_sent"] += size
+
+
+# -- applying (master target) -------------------------------------------------------------
+
+
+def encode_apply_header(header):
+    """The start of an apply stream: magic, version, header JSON {"disks": [{name, path, size}]}."""
+    body = json.dumps(header, sort_keys=True).encode("utf-8")
+    return APPLY_MAGIC + struct.pack(">BI", APPLY_VERSION, len(body)) + body
+
+
+def apply_block_frame(disk, offset, data):
+    return frame(BLOCK, APPLY_BLOCK.pack(disk, offset) + bytes(data))
+
+
+def apply_zero_frame(disk, offset, length):
+    return frame(ZERO, APPLY_ZERO.pack(disk, offset, length))
+
+
+def apply_end_frame(disk):
+    return frame(DISK_END, APPLY_DISK.pack(disk))
+
+
+def apply_done_frame():
+    return frame(TRAILER, b"")
+
+
+# The longest payload each input frame may claim, checked before the payload is read.
+APPLY_LIMITS = {BLOCK: APPLY_BLOCK.size + APPLY_MAX_DATA, ZERO: APPLY_ZERO.size, DISK_END: APPLY_DISK.size, TRAILER: 0}
+
+
+def read_apply_header(stream):
+    head = _read_exact(stream, 9)
+    if head[:4] != APPLY_MAGIC:
+        raise AgentError("request", "not a drbook apply stream (bad magic)")
+    version, length = struct.unpack(">BI", head[4:])
+    if version != APPLY_VERSION:
+        raise AgentError("request", "apply version %d is not supported (want %d)" % (version, APPLY_VERSION))
+    if length > APPLY_MAX_HEADER:
+        raise AgentError("request", "apply header of %d bytes is longer than %d" % (length, APPLY_MAX_HEADER))
+    try:
+        header = json.loads(_read_exact(stream, length).decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise AgentError("request", "the apply header is not valid JSON (%s)" % exc)
+    disks = header.get("disks") if isinstance(header, dict) else None
+    if not isinstance(disks, list) or not disks:
+        raise AgentError("request", "the apply header lists no disks")
+    for i, spec in enumerate(disks):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("path"), str) \
+                or not spec["path"] or not isinstance(spec.get("size"), int) or isinstance(spec["size"], bool) \
+                or spec["size"] < 0:
+            raise AgentError("request", "apply disk %d needs a name, a path and a size in bytes: %r" % (i, spec))
+    return header
+
+
+def read_apply_frame(stream):
+    """(kind, payload) of the next input frame, or None at a clean end between frames."""
+    head = stream.read(FRAME.size)
+    if not head:
+        return None
+    try:
+        if len(head) < FRAME.size:
+            head += _read_exact(stream, FRAME.size - len(head))
+        kind, length = FRAME.unpack(head)
+        if kind not in APPLY_LIMITS:
+            raise AgentError("frame", "unknown apply frame type %#x" % kind)
+        if kind == BLOCK and not APPLY_BLOCK.size < length <= APPLY_LIMITS[kind]:
+            raise AgentError("frame", "apply block frame claims %d bytes; it holds %d to %d" % (
+                length, APPLY_BLOCK.size + 1, APPLY_LIMITS[kind]))
+        if kind != BLOCK and length != APPLY_LIMITS[kind]:
+            raise AgentError("frame", "apply frame %r claims %d bytes; it holds exactly %d" % (chr(kind), length, APPLY_LIMITS[kind]))
+        return kind, _read_exact(stream, length) if length else b""
+    except AgentError as exc:
+        if exc.kind != "request":
+            raise
+        raise AgentError("frame", "the stream ended inside a frame (%s)" % exc.message)
+
+
+class Target(object):
+    """One disk of an apply stream: checked and opened for writing, never created or resized."""
+
+    def __init__(self, index, spec):
+        self.index = index
+        self.name = spec["name"]
+        self.path = spec["path"]
+        self.size = spec["size"]
+        self.fd = None
+        self.kind = None
+        self.target_size = None
+        self.ended = False
+        self.started = time.time()
+        self.digest = hashlib.sha256()
+        self.stats = {"blocks": 0, "data_bytes": 0, "zero_ranges": 0, "zero_bytes": 0}
+
+    def refuse(self, message):
+        return AgentError("target", "%s (%s): %s" % (self.name, self.path, message), disk=self.name)
+
+    def open(self):
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise self.refuse("cannot stat: %s" % (exc.strerror or exc))
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise self.refuse("not a regular file or a block device")
+        # O_NONBLOCK: should the path become a FIFO between stat and open, open must not hang.
+        flags = os.O_WRONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            self.fd = os.open(self.path, flags)
+        except OSError as exc:
+            raise self.refuse("cannot open for writing: %s" % (exc.strerror or exc))
+        try:
+            st2 = os.fstat(self.fd)
+            if (st2.st_dev, st2.st_ino, stat.S_IFMT(st2.st_mode)) != (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)):
+                raise self.refuse("replaced while it was being opened")
+            self.kind = "block" if stat.S_ISBLK(st2.st_mode) else "file"
+            self.target_size = st2.st_size if self.kind == "file" else os.lseek(self.fd, 0, os.SEEK_END)
+            if getattr(os, "O_NONBLOCK", 0):
+                os.set_blocking(self.fd, True)
+        except OSError as exc:
+            self.close()
+            raise self.refuse("cannot size: %s" % (exc.strerror or exc))
+        except AgentError:
+            self.close()
+            raise
+        if self.target_size < self.size:
+            self.close()
+            raise self.refuse("%d bytes, smaller than the %d bytes to apply" % (self.target_size, self.size))
+        return (st2.st_dev, st2.st_ino)
+
+    def _check(self, offset, length, what):
+        if self.ended:
+            raise AgentError("frame", "%s for disk %s after its end frame" % (what, self.name), disk=self.name)
+        if length <= 0 or offset + length > self.size:
+            raise AgentError("range", "%s of %d bytes at offset %d is outside disk %s's [0, %d)" % (
+                what, length, offset, self.name, self.size), disk=self.name)
+
+    def _pwrite(self, data, offset):
+        view = memoryview(data)
+        while len(view):
+            try:
+                if hasattr(os, "pwrite"):
+                    n = os.pwrite(self.fd, view, offset)
+                else:  # Windows
+                    os.lseek(self.fd, offset, os.SEEK_SET)
+                    n = os.write(self.fd, view)
+            except OSError as exc:
+                raise AgentError("write", "writing %s at offset %d: %s" % (self.name, offset, exc.strerror or exc), disk=self.name)
+            if n <= 0:
+                raise AgentError("write", "writing %s at offset %d wrote nothing" % (self.name, offset), disk=self.name)
+            view = view[n:]
+            offset += n
+
+    def write(self, offset, data):
+        self._check(offset, len(data), "a block")
+        self._pwrite(data, offset)
+        self.digest.update(b"B" + U64.pack(offset) + U64.pack(len(data)))
+        self.digest.update(data)
+        self.stats["blocks"] += 1
+        self.stats["data_bytes"] += len(data)
+
+    def zero(self, offset, length, zeros):
+        self._check(offset, length, "a zero range")
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(len(zeros), end - pos)
+            self._pwrite(zeros[:n], pos)
+            pos += n
+        self.digest.update(b"Z" + U64.pack(offset) + U64.pack(length))
+        self.stats["zero_ranges"] += 1
+        self.stats["zero_bytes"] += length
+
+    def end(self):
+        started = time.time()
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise AgentError("write", "fsync of %s failed: %s" % (self.name, exc.strerror or exc), disk=self.name)
+        self.ended = True
+        report = {"index": self.index, "name": self.name, "path": self.path, "sha256": self.digest.hexdigest(),
+                  "bytes_written": self.stats["data_bytes"] + self.stats["zero_bytes"],
+                  "fsync_seconds": round(time.time() - started, 4), "seconds": round(time.time() - self.started, 4)}
+        report.update(self.stats)
+        return report
+
+    def close(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+def open_targets(header):
+    """Every target checked and opened before anything is written; the first refusal closes
+    the others and raises."""
+    targets, seen = [], {}
+    try:
+        for index, spec in enumerate(header["disks"]):
+            target = Target(index, spec)
+            key = target.open()
+            targets.append(target)
+            if key in seen:
+                raise target.refuse("the same target as disk %s" % seen[key])
+            seen[key] = target.name
+    except BaseException:
+        for target in targets:
+            target.close()
+        raise
+    return targets
+
+
+def apply_stream(stdin, out, targets, trailer):
+    """Apply input frames until the end frame; every disk still open is then ended."""
+    zeros = memoryview(bytes(ZERO_CHUNK))
+    while True:
+        item = read_apply_frame(stdin)
+        if item is None:
+            raise AgentError("frame", "the stream ended before its end frame")
+        kind, payload = item
+        if kind == TRAILER:
+            break
+        if kind == BLOCK:
+            disk, offset = APPLY_BLOCK.unpack_from(payload)
+        elif kind == ZERO:
+            disk, offset, length = APPLY_ZERO.unpack(payload)
+        else:
+            (disk,) = APPLY_DISK.unpack(payload)
+        if disk >= len(targets):
+            raise AgentError("frame", "apply frame %r names disk %d of %d" % (chr(kind), disk, len(targets)))
+        target = targets[disk]
+        if kind == BLOCK:
+            target.write(offset, memoryview(payload)[APPLY_BLOCK.size:])
+        elif kind == ZERO:
+            target.zero(offset, length, zeros)
+        else:
+            end_target(out, target, trailer)
+    for target in targets:
+        if not target.ended:
+            end_target(out, target, trailer)
+
+
+def end_target(out, target, trailer):
+    if target.ended:
+        raise AgentError("frame", "a second end frame for disk %s" % target.name, disk=target.name)
+    out.send(json_frame(DISK_END, target.end()))
+    out.flush()
+    trailer["ended"].append(target.name)
 
 
 # -- commands -----------------------------------------------------------------------------
@@ -571,19 +860,8 @@ def scan(stdin, stdout):
                 trailer["resync"].append(spec["name"])
         trailer["read_ended"] = time.time()
         trailer["ok"] = True
-    except AgentError as exc:
-        trailer["error"] = exc.message
-        _send_quietly(out, json_frame(ERROR, {"disk": exc.disk, "kind": exc.kind, "message": exc.message}))
-        exit_code = 2
-    except (BrokenPipeError, ConnectionResetError):
-        exit_code = 3
-    except Terminated as exc:
-        trailer["error"] = "terminated (%s)" % exc
-        exit_code = 4
-    except Exception as exc:  # the trailer must still go out and the thaw must still run
-        trailer["error"] = "%s: %s" % (type(exc).__name__, exc)
-        _send_quietly(out, json_frame(ERROR, {"disk": None, "kind": "internal", "message": trailer["error"]}))
-        exit_code = 5
+    except (Exception, Terminated) as exc:  # the trailer must still go out and the thaw must still run
+        exit_code = _failed(out, trailer, exc)
     finally:
         if freezer is not None:
             freezer.thaw()
@@ -600,6 +878,50 @@ def scan(stdin, stdout):
         _send_quietly(out, json_frame(TRAILER, trailer))
     return exit_code or (0 if trailer["ok"] else 2)
 
+
+def apply(stdin, stdout):
+    """Master target: write the disks an apply stream names (module docstring)."""
+    out = Output(stdout)
+    trailer = {"ok": False, "error": None, "ended": [], "version": AGENT_VERSION, "mode": "apply"}
+    started = time.time()
+    targets = []
+    exit_code = 0
+    try:
+        header = read_apply_header(stdin)
+        out.send(json_frame(HELLO, {"version": AGENT_VERSION, "python": sys.version.split()[0], "pid": os.getpid(),
+                                    "mode": "apply"}))
+        targets = open_targets(header)
+        for t in targets:
+            out.send(json_frame(DISK, {"index": t.index, "name": t.name, "path": t.path, "size": t.size, "kind": t.kind,
+                                       "target_size": t.target_size}))
+        out.flush()
+        apply_stream(stdin, out, targets, trailer)
+        trailer["ok"] = True
+    except (Exception, Terminated) as exc:
+        exit_code = _failed(out, trailer, exc)
+    finally:
+        for t in targets:
+            t.close()
+    trailer["seconds"] = round(time.time() - started, 4)
+    if exit_code != 3:
+        _send_quietly(out, json_frame(TRAILER, trailer))
+    return exit_code
+
+
+def _failed(out, trailer, exc):
+    """The exit code of a command that `exc` ended; its trailer's error, and an error frame."""
+    if isinstance(exc, AgentError):
+        trailer["error"] = exc.message
+        _send_quietly(out, json_frame(ERROR, {"disk": exc.disk, "kind": exc.kind, "message": exc.message}))
+        return 2
+    if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+        return 3
+    if isinstance(exc, Terminated):
+        trailer["error"] = "terminated (%s)" % exc
+        return 4
+    trailer["error"] = "%s: %s" % (type(exc).__name__, exc)
+    _send_quietly(out, json_frame(ERROR, {"disk": None, "kind": "internal", "message": trailer["error"]}))
+    return 5
 
 def _send_quietly(out, data):
     try:
@@ -657,6 +979,7 @@ def main(argv=None):
     check = sub.add_parser("self-check", help="can the agent read these disks?")
     check.add_argument("--disk", action="append", nargs="+", default=[], metavar="PATH")
     sub.add_parser("scan", help="scan disks against a block map (request on stdin)")
+    sub.add_parser("apply", help="write the blocks of an apply stream to target disks (master target)")
     args = parser.parse_args(argv)
     if args.version:
         sys.stdout.write(AGENT_VERSION + "\n")
@@ -665,12 +988,12 @@ def main(argv=None):
         paths = [p for group in args.disk for p in group]
         sys.stdout.write(json.dumps(self_check(paths), sort_keys=True) + "\n")
         return 0
-    if args.command == "scan":
+    if args.command in ("scan", "apply"):
         signal.signal(signal.SIGTERM, _on_signal)
         signal.signal(signal.SIGHUP, _on_signal)
         stdout = io.open(sys.stdout.fileno(), "wb", buffering=1 << 20, closefd=False)
         try:
-            return scan(sys.stdin.buffer, stdout)
+            return (scan if args.command == "scan" else apply)(sys.stdin.buffer, stdout)
         finally:
             try:
                 stdout.close()

@@ -121,6 +121,18 @@ class DiskBlobs:
 
     def _copy(self, name: str, url: str) -> None:
         dst = self._blob(name)
+        self._await_copy(dst, url)
+        # Azurite's in-memory copy shares the source's list of page ranges with the new blob, so a
+        # later page write to either shows in both (a disk written after its snapshot would change
+        # the snapshot). A blob snapshot gets its own list: copy the new blob over itself from one,
+        # then drop it, and the new blob's list is its own.
+        snapshot = dst.create_snapshot()["snapshot"]
+        try:
+            self._await_copy(dst, f"{dst.url}?snapshot={quote(snapshot)}")
+        finally:
+            self._blob(name, snapshot).delete_blob()
+
+    def _await_copy(self, dst, url: str) -> None:
         dst.start_copy_from_url(url)
         deadline = time.monotonic() + 600
         while True:

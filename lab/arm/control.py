@@ -63,6 +63,23 @@ class ArmLabControl:
     def faults(self) -> dict[str, Any]:
         return self._call("GET", "faults")["faults"]
 
+    def set_snapshot_limits(self, *, max_per_disk: int | None = None, max_per_window: int | None = None,
+                            window_seconds: float | None = None, clear: bool = False) -> dict[str, Any]:
+        """Lower (or restore) Azure's incremental-snapshot limits per disk: at most `max_per_disk`
+        at any time (500), at most `max_per_window` created within `window_seconds` (7 in 300 s).
+        `clear` goes back to Azure's values first. Answers the limits now in force."""
+        return self._call("POST", "snapshot-limits", {"max_per_disk": max_per_disk, "max_per_window": max_per_window,
+                                                      "window_seconds": window_seconds, "clear": clear})
+
+    def snapshot_limits(self) -> dict[str, Any]:
+        return self._call("GET", "snapshot-limits")
+
+    def snapshot_families(self) -> dict[str, Any]:
+        """Incremental-snapshot families by source disk uniqueId: `familyId`, `next` (the next
+        sequence number), `created` (recent creation times) and `snapshots` ({id, sequence,
+        provisioningState}, in sequence order)."""
+        return self._call("GET", "snapshot-families")["families"]
+
     def set_run_command_output(self, output: str, *, vm: str | None = None,
                                code: str = "ProvisioningState/succeeded") -> None:
         """What run command answers, for one VM (name or id) or, without `vm`, for all."""

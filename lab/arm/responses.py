@@ -10,6 +10,7 @@ their blob work between two locked steps so one slow copy does not stall every o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -244,9 +245,11 @@ def _disk_put(kind: str) -> P:
             plan = b.disk_put_plan(kind, r.params["sub"], r.params["rg"], r.params["name"], r.json())
             if not isinstance(plan, DiskPlan):
                 return written(r, plan, created=202)
-        if plan.import_uri or plan.copy_blob:
-            b.disk_blob_work(plan)  # raises InvalidVhd & co. before anything is recorded
-        return in_txn(b, lambda: written(r, b.disk_put_commit(plan), created=202))
+        lock = b.snapshot_family_lock(plan)  # an incremental snapshot: one copy at a time per disk
+        with lock if lock is not None else contextlib.nullcontext():
+            if plan.import_uri or plan.copy_blob:
+                b.disk_blob_work(plan)  # raises InvalidVhd & co. before anything is recorded
+            return in_txn(b, lambda: written(r, b.disk_put_commit(plan), created=202))
 
     return run
 
@@ -461,6 +464,18 @@ def lab_faults(b: ArmBackend, r: Request) -> Response:
             b.store.settings["faults"] = {}
             b.store.touch()
         return Response(200, encode({"faults": b.store.settings.get("faults", {})}))
+
+
+def lab_snapshot_limits(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        if r.method == "POST":
+            b.settings.set_snapshot_limits(r.json())
+        return Response(200, encode(b.settings.snapshot_limits()))
+
+
+def lab_snapshot_families(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        return Response(200, encode({"families": b.snapshot_families()}))
 
 
 def lab_run_command_output(b: ArmBackend, r: Request) -> Response:

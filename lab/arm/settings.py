@@ -17,6 +17,9 @@ from .store import Store
 
 DEFAULT_DURATION = 0.05
 DEFAULT_RUN_COMMAND_OUTPUT = "Enable succeeded: \n[stdout]\n\n[stderr]\n"
+# Azure's documented limits on incremental snapshots of one disk: 500 at any time, 7 created
+# within 5 minutes (learn.microsoft.com/azure/virtual-machines/disks-incremental-snapshots).
+SNAPSHOT_LIMITS = {"maxPerDisk": 500, "maxPerWindow": 7, "windowSeconds": 300.0}
 INJECTED_FAILURE = {"code": "InternalOperationError", "message": "The lab injected a provisioning failure."}
 
 
@@ -120,6 +123,29 @@ class LabSettings:
             return latency, ArmError("The lab injected an internal server error.",
                                      code="InternalServerError", status=500)
         return latency, None
+
+    # -- incremental-snapshot limits (POST /_lab/snapshot-limits) ---------------------------
+    def set_snapshot_limits(self, body: dict[str, Any]) -> dict[str, Any]:
+        table = self._table("snapshotLimits")
+        if body.get("clear"):
+            table.clear()
+        for src, dst, kind in (("max_per_disk", "maxPerDisk", int), ("max_per_window", "maxPerWindow", int),
+                               ("window_seconds", "windowSeconds", float)):
+            if body.get(src) is not None:
+                try:
+                    value = kind(body[src])
+                except (TypeError, ValueError):
+                    raise ArmError(f"{src} must be a number", code="InvalidLabSetting") from None
+                if value < 0:
+                    raise ArmError(f"{src} must be >= 0", code="InvalidLabSetting")
+                table[dst] = value
+        self.store.touch()
+        return self.snapshot_limits()
+
+    def snapshot_limits(self) -> dict[str, Any]:
+        """maxPerDisk (existing incremental snapshots of one disk), maxPerWindow (created within
+        windowSeconds): Azure's values unless the lab lowered them."""
+        return {**SNAPSHOT_LIMITS, **self.store.settings.get("snapshotLimits", {})}
 
     # -- run command output (POST /_lab/run-command-output) ---------------------------------
     def set_run_command_output(self, body: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ Layout (also the JSON file's layout)::
     operations/<id>      long-running operations (see models/base.py)
     runCommands          what run command was asked to run, in order
     settings             what the lab asked for: operation durations, faults, run-command output
+    snapshotFamilies     incremental-snapshot families, keyed by the source disk's uniqueId:
+                         the next sequence number and recent creation times (models/disks.py)
 
 Every change is written to ``state.json`` (temp file + rename) before the request that made it
 is answered, so a restart loses nothing. Concurrent requests share one write (group commit).
@@ -27,7 +29,8 @@ FORMAT = 1
 
 
 def empty_state() -> dict[str, Any]:
-    return {"format": FORMAT, "subscriptions": {}, "operations": {}, "runCommands": [], "settings": {}}
+    return {"format": FORMAT, "subscriptions": {}, "operations": {}, "runCommands": [], "settings": {},
+            "snapshotFamilies": {}}
 
 
 class Persister:
@@ -149,6 +152,10 @@ class Store:
     @property
     def settings(self) -> dict[str, Any]:
         return self.data.setdefault("settings", {})
+
+    @property
+    def snapshot_families(self) -> dict[str, Any]:
+        return self.data.setdefault("snapshotFamilies", {})
 
     def subscription(self, sub: str, create: bool = False) -> dict[str, Any] | None:
         entry = self.subscriptions.get(sub.lower())

@@ -4,11 +4,20 @@ update, delete, and grant/revoke access. Their bytes are page blobs in Azurite.
 Disk creation and grant access touch Azurite, which is slow next to everything else, so they
 run in three steps: check under the lock (``*_plan``), do the blob work without it, then commit
 under the lock (``*_commit``), re-checking what may have changed meanwhile.
+
+Incremental snapshots (``incremental: true``, only a Copy of a disk) are, in the lab, full copies
+of the disk's page blob like any snapshot; what makes them incremental is their *family*: the
+source disk's uniqueId, recorded with a sequence number that orders the family's snapshots as
+their bytes were copied (one copy at a time per family), and Azure's per-disk limits (at most
+``maxPerDisk`` at any time, at most ``maxPerWindow`` created within ``windowSeconds``; see
+settings.py). Families live in ``store.snapshot_families``, so they survive a restart.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +52,7 @@ class DiskPlan:
     size: int = 0
     materialized: bool = False
     source_info: Source | None = None
+    family: str | None = None  # incremental snapshot: the source disk's uniqueId
 
     @property
     def blob(self) -> str:
@@ -70,6 +80,16 @@ def _sku(body: dict[str, Any], default: str = "Standard_LRS") -> dict[str, str]:
     return {"name": found[0], "tier": found[1]}
 
 
+def _incremental(props: dict[str, Any]) -> bool:
+    value = props.get("incremental")
+    return value is True or str(value).lower() == "true"
+
+
+# One snapshot copy at a time per family, so sequence numbers follow the order the bytes were
+# copied in. In memory only: a copy in flight does not survive a restart anyway.
+_family_locks: dict[str, threading.Lock] = {}
+_family_locks_guard = threading.Lock()
+
 
 class DisksBackend(Base):
     def render_disk(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +116,10 @@ class DisksBackend(Base):
             return self._disk_update(existing, body, tags)
         if kind == "snapshots" and option.lower() == "empty":
             raise InvalidParameter("A snapshot cannot be created Empty; use Copy or Import.", target="createOption")
+        incremental = kind == "snapshots" and _incremental(props)
+        if incremental and option.lower() != "copy":
+            raise InvalidParameter(f"An incremental snapshot can only be created with createOption Copy of a "
+                                   f"managed disk, not '{option}'.", target="incremental")
         plan = DiskPlan(kind, rid, body, location, tags)
         if option.lower() == "empty":
             size_gb = props.get("diskSizeGB")
@@ -130,6 +154,15 @@ class DisksBackend(Base):
                 raise ArmError(f"The source '{source['body']['id']}' is not ready (provisioningState "
                                f"{source['body']['properties'].get('provisioningState')}).",
                                code="OperationNotAllowed", status=409)
+            if incremental:
+                if source["body"]["type"] != f"{NS}/disks":
+                    raise InvalidParameter(f"An incremental snapshot can only be created from a managed disk; "
+                                           f"'{source['body']['id']}' is a snapshot.", target="sourceResourceId")
+                if parse_id(source["body"]["id"]).subscription.lower() != rid.subscription.lower():
+                    raise InvalidParameter("An incremental snapshot must be in the subscription of its disk.",
+                                           target="sourceResourceId")
+                plan.family = source["body"]["properties"]["uniqueId"]
+                self._check_snapshot_limits(plan.family, rid.subscription, source["body"]["name"])
             plan.source = source["body"]
             plan.size = source["body"]["properties"]["diskSizeBytes"]
             if source["lab"].get("materialized"):
@@ -139,6 +172,45 @@ class DisksBackend(Base):
                                    "Copy.", target="createOption")
         _sku(body, "Standard_LRS")
         return plan
+
+    # -- incremental snapshots ------------------------------------------------------------------
+    def _check_snapshot_limits(self, family: str, sub: str, disk_name: str) -> list[float]:
+        """Refuse a new incremental snapshot of the disk over Azure's limits; the family's creation
+        times still inside the window."""
+        limits = self.settings.snapshot_limits()
+        live = sum(1 for r in self.store.records(sub) if r["lab"].get("family") == family)
+        if live >= limits["maxPerDisk"]:
+            raise OperationNotAllowed(f"Disk '{disk_name}' already has {live} incremental snapshots, the most "
+                                      f"allowed ({limits['maxPerDisk']}); delete older ones first.")
+        window = float(limits["windowSeconds"])
+        now = time.time()
+        recent = [t for t in self.store.snapshot_families.get(family, {}).get("created", []) if t > now - window]
+        if len(recent) >= limits["maxPerWindow"]:
+            wait = math.ceil(min(recent) + window - now)
+            raise OperationNotAllowed(f"At most {limits['maxPerWindow']} incremental snapshots of disk "
+                                      f"'{disk_name}' can be created within {window:g} seconds; retry in "
+                                      f"{wait} seconds.")
+        return recent
+
+    def snapshot_family_lock(self, plan: DiskPlan) -> threading.Lock | None:
+        """Held around the copy and commit of an incremental snapshot (None for anything else)."""
+        if not plan.family:
+            return None
+        with _family_locks_guard:
+            return _family_locks.setdefault(plan.family, threading.Lock())
+
+    def snapshot_families(self) -> dict[str, Any]:
+        """Every family with its snapshots in sequence order (for /_lab/snapshot-families)."""
+        members: dict[str, list[dict[str, Any]]] = {}
+        for sub in list(self.store.subscriptions.values()):
+            for record in self.store.records(sub["id"]):
+                family = record["lab"].get("family")
+                if family:
+                    members.setdefault(family, []).append({
+                        "id": record["body"]["id"], "sequence": record["lab"]["sequence"],
+                        "provisioningState": record["body"]["properties"].get("provisioningState")})
+        return {uid: {**entry, "snapshots": sorted(members.get(uid, []), key=lambda m: m["sequence"])}
+                for uid, entry in self.store.snapshot_families.items()}
 
     def disk_blob_work(self, plan: DiskPlan) -> None:
         """Blob I/O for a new disk/snapshot; runs without the lock."""
@@ -162,6 +234,15 @@ class DisksBackend(Base):
                 self.store.defer(lambda: self.blobs.delete(plan.blob))
             return self._disk_update(existing, plan.body, plan.tags)
         self.writable_rg(plan.rid.subscription, plan.rid.resource_group)
+        recent: list[float] = []
+        if plan.family:  # again: others may have taken snapshots of the disk while we copied
+            try:
+                recent = self._check_snapshot_limits(plan.family, plan.rid.subscription,
+                                                     (plan.source or {}).get("name", ""))
+            except ArmError:
+                if plan.materialized:
+                    self.store.defer(lambda: self.blobs.delete(plan.blob))
+                raise
         props = dict(plan.body.get("properties") or {})
         requested = props.get("diskSizeGB")
         if plan.import_uri and isinstance(requested, int) and requested * GIB < plan.size:
@@ -173,7 +254,8 @@ class DisksBackend(Base):
             data["sourceUniqueId"] = plan.source["properties"].get("uniqueId")
             props.setdefault("osType", plan.source["properties"].get("osType"))
             props.setdefault("hyperVGeneration", plan.source["properties"].get("hyperVGeneration"))
-        for computed in ("provisioningState", "diskState", "uniqueId", "timeCreated", "diskSizeBytes"):
+        for computed in ("provisioningState", "diskState", "uniqueId", "timeCreated", "diskSizeBytes",
+                         "incrementalSnapshotFamilyId"):
             props.pop(computed, None)
         props = {k: v for k, v in props.items() if v is not None}
         props.update({"creationData": data, "diskSizeGB": math.ceil(plan.size / GIB), "diskSizeBytes": plan.size,
@@ -186,8 +268,16 @@ class DisksBackend(Base):
             props.setdefault("diskMBpsReadWrite", 60)
         else:
             props.setdefault("incremental", False)
+        if plan.family:
+            family = self.store.snapshot_families.setdefault(
+                plan.family, {"familyId": str(uuid.uuid4()), "next": 1, "created": []})
+            family["created"] = recent + [time.time()]
+            props.update({"incremental": True, "incrementalSnapshotFamilyId": family["familyId"]})
         record = self.new_record(plan.rid, plan.location, plan.tags, props, sku=_sku(plan.body))
         record["lab"].update({"blob": plan.blob, "materialized": plan.materialized})
+        if plan.family:
+            record["lab"].update({"family": plan.family, "sequence": family["next"]})
+            family["next"] += 1
         op = self.start_op(f"{NS}/{plan.kind}/write", str(plan.rid), "disk_create", namespace=NS,
                            location=plan.location, record=record)
         self.save(record)
@@ -202,6 +292,10 @@ class DisksBackend(Base):
             if key in data and str(data[key] or "").lower() != str(old.get(key) or "").lower():
                 raise BadRequest(f"Changing property 'creationData.{key}' is not allowed.",
                                  code="PropertyChangeNotAllowed", target=f"creationData.{key}")
+        if current["type"] == f"{NS}/snapshots" and props.get("incremental") is not None \
+                and _incremental(props) != bool(current["properties"].get("incremental")):
+            raise BadRequest("Changing property 'incremental' is not allowed.", code="PropertyChangeNotAllowed",
+                             target="incremental")
         size_gb = props.get("diskSizeGB")
         if size_gb is not None and (not isinstance(size_gb, int)
                                     or size_gb * GIB != current["properties"]["diskSizeBytes"]):
