@@ -46,6 +46,7 @@ import lzma
 import os
 import re
 import sqlite3
+import stat
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -449,7 +450,11 @@ def walk(root: Path, exclusions: list[Exclusion], coverage: Coverage, *, skip_pl
 
 def _read(path: Path, coverage: Coverage) -> bytes | None:
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO a test left would block the read forever
+            coverage.skipped.append((str(path), "not a regular file"))
+            return None
+        size = st.st_size
         if size > MAX_FILE:
             coverage.skipped.append((str(path), f"larger than {MAX_FILE // 2**20} MiB"))
             return None

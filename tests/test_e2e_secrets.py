@@ -62,7 +62,7 @@ def _minimal_lifecycle(site_path: str) -> None:
     commit_flow([MACHINE], site_path=site_path)
 
 
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(600)  # its own lifecycle, when run alone, takes about 5 min
 def test_no_secret_is_written_anywhere_after_a_lifecycle(lab, site_path, tmp_path_factory):
     from drbook.config import load_site
 

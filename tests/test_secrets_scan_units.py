@@ -252,8 +252,10 @@ def test_a_clean_tree_gives_no_hit(fake_lab, area):
     # a `file:` secret of a site of its own: private, and nothing but the secret
     (tree / "storage.key").write_text(fake_lab.secret("azurite-key") + "\n")
     (tree / "storage.key").chmod(0o600)
+    os.mkfifo(tree / "fifo")  # a test's leftover FIFO: reading it would block the scan forever
     scanner = ss.scan(fake_lab.secrets, trees=[("files", tree)], skip_planted=False)
     assert scanner.hits == []
+    assert (str(tree / "fifo"), "not a regular file") in scanner.coverage.skipped
     assert scanner.coverage.counts["files"] == 7
     assert scanner.coverage.counts[ss.REPORTS] == 1 and scanner.coverage.counts[ss.LOGS] == 2
     assert scanner.coverage.excluded[(str(tree / "storage.key"), ss.PRIVATE_SECRET_FILE)] == 1
