@@ -17,6 +17,7 @@ head (magic, version 1, header length), the JSON header, one zstd frame of the e
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import hashlib
@@ -170,15 +171,16 @@ def _size(header: dict, key: str, what: str, top: int = MAX_DISK) -> int:
     return value
 
 
-class _Map:
+class _Map(abc.ABC):
     """What a manifest and a sub-block map share: their entries (`hashes`, a MapBuffer) and
     their packed form."""
 
     MAGIC = b""
     hashes: MapBuffer
 
+    @abc.abstractmethod
     def _header(self) -> dict:
-        raise NotImplementedError
+        """The packed form's JSON header (each kind of map says its own geometry)."""
 
     def pack(self, out: BinaryIO) -> int:
         """Write the packed map (the vault's and the cache's format) to `out` (a stream that
