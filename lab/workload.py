@@ -212,7 +212,8 @@ def _pid_alive(pid: int) -> bool:
 
 class Writer:
     def __init__(self, disks: list[Disk | BlobDisk], log: Path, control: Path, rate_mbps: float, seconds: float,
-                 seed: int, min_write: int = MIN_WRITE, max_write: int = MAX_WRITE) -> None:
+                 seed: int, min_write: int = MIN_WRITE, max_write: int = MAX_WRITE,
+                 max_writes: int | None = None) -> None:
         self.disks = disks
         self.log_path = log
         self.control = control
@@ -221,6 +222,7 @@ class Writer:
         self.seed = seed
         self.min_write = min_write
         self.max_write = max_write
+        self.max_writes = max_writes  # a count bound besides the time bound (tests that must not depend on speed)
         if not disks:
             raise ValueError("no disks to write to")
         if min_write < ALIGN or max_write < min_write:
@@ -299,7 +301,7 @@ class Writer:
                        "disks": {d.name: d.describe() for d in self.disks}})
             end = time.monotonic() + self.seconds
             window_start, window_bytes = time.monotonic(), 0
-            while not self.stopping and time.monotonic() < end:
+            while not self.stopping and time.monotonic() < end and self.seq != self.max_writes:
                 if (self.control / REQUEST).exists():
                     self._pause()
                     window_start, window_bytes = time.monotonic(), 0
