@@ -48,6 +48,9 @@ DEPLOYMENTS = {
     "failover": "failover/failover",
     "commit": "commit/commit",
     "reconcile": "reconcile/reconcile",
+    "plan-test-failover": "plan-test-failover/plan-test-failover",
+    "plan-failover": "plan-failover/plan-failover",
+    "plan-failback": "plan-failback/plan-failback",
 }
 
 
@@ -66,6 +69,9 @@ FLOWS = {
     "failover": "drbook.flows.failover.failover_flow",
     "commit": "drbook.flows.failover.commit_flow",
     "reconcile": "drbook.flows.reconcile.reconcile_flow",
+    "plan-test-failover": "drbook.flows.plan.plan_drill_flow",
+    "plan-failover": "drbook.flows.plan.plan_failover_flow",
+    "plan-failback": "drbook.flows.plan.plan_failback_flow",
 }
 
 
@@ -118,6 +124,10 @@ def _check_local(site_path: str, params: dict) -> None:
     from drbook.config import load_site
 
     cfg = load_site(Path(site_path))
+    if params.get("plan"):
+        from drbook.plans.load import load_plan, plan_path
+
+        load_plan(plan_path(params["plan"], cfg.plans_folder(Path(site_path))))  # its YAML and fields; the flow checks the rest
     for name in [*(params.get("machines") or []), *([params["machine"]] if params.get("machine") else [])]:
         cfg.machine(name)
     if params.get("policy"):
@@ -477,6 +487,117 @@ def _point(choice: str, *, ids_only: bool = False) -> None:
     from drbook.failover.points import require_point_choice
 
     require_point_choice(choice, ids_only=ids_only)
+
+
+# -- recovery plans ---------------------------------------------------------------------------
+plan_app = typer.Typer(no_args_is_help=True, help="Recovery plans: ordered groups, scripts, manual steps (plans/*.yaml).")
+app.add_typer(plan_app, name="plan")
+DirectionOpt = typer.Option("test-failover", "--direction", help="test-failover, failover or failback")
+
+
+@plan_app.command("show")
+def plan_show_cmd(plan: str, direction: str = DirectionOpt, as_json: bool = typer.Option(False, "--json"),
+                  site: Optional[Path] = SiteOpt) -> None:
+    """The plan's steps in order and what each would do: a dry run that changes nothing."""
+    from drbook.errors import InvalidParameters
+
+    if direction not in ("test-failover", "failover", "failback"):
+        raise InvalidParameters(f"--direction {direction!r}: give test-failover, failover or failback")
+    from drbook.plans.load import plan_path
+    from drbook.plans.validate import require_valid
+    from drbook.plans.steps import dry_run
+    from drbook.site import open_site
+
+    s = open_site(_site_path(site))
+    loaded = require_valid(plan_path(plan, s.cfg.plans_folder(s.path)), items={i.name: i for i in s.vault.items()})
+    rows = dry_run(loaded.plan, direction)  # type: ignore[arg-type]
+    if as_json:
+        emit_json({"plan": loaded.plan.name, "file": str(loaded.path), "direction": direction,
+                   "point": loaded.plan.point, "steps": rows})
+        return
+    _table(f"plan {loaded.plan.name} ({direction}), {loaded.path}", rows, ["step", "group", "phase", "critical", "what"])
+
+
+@plan_app.command("list")
+def plan_list_cmd(site: Optional[Path] = SiteOpt) -> None:
+    """The plans in the site's plans folder."""
+    from drbook.config import load_site
+    from drbook.plans.load import list_plans
+
+    path = Path(_site_path(site))
+    for p in list_plans(load_site(path).plans_folder(path)):
+        out.print(f"{p.stem}\t{p}")
+
+
+def _plan_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    _table(f"plan {result['plan']} ({result['direction']}): {result['status']}", [
+        {"group": m["group"], "machine": m["machine"], "status": m["status"], "point": m["point_id"],
+         "RPO": "" if m["rpo_seconds"] is None else f"{m['rpo_seconds']:.1f} s",
+         "RTO": "" if m["rto_seconds"] is None else f"{m['rto_seconds']:.1f} s",
+         "verified": "yes" if m["verified"] else "no", "ip": m["ip"], "error": m["error"]} for m in result["machines"]
+    ], ["group", "machine", "status", "point", "RPO", "RTO", "verified", "ip", "error"])
+    if result.get("drill_id"):
+        console.print(f"drill {result['drill_id']} (remove it: drbook test-failover-cleanup {result['drill_id']})")
+    console.print(f"report: {result['report']}")
+
+
+@plan_app.command("test-failover")
+def plan_test_failover_cmd(plan: str, point: Optional[str] = typer.Option(None, "--point", help="overrides the plan's"),
+                           as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                           local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
+    """Drill a plan: its groups in order into the isolated test network, verified, reported."""
+    if point:
+        _point(point)
+    _plan_result(_stage("plan-test-failover", {"plan": plan, "point": point}, local=local, no_wait=no_wait, site=site,
+                        as_json=as_json), as_json)
+
+
+@plan_app.command("failover")
+def plan_failover_cmd(plan: str, point: Optional[str] = typer.Option(None, "--point", help="overrides the plan's"),
+                      planned: bool = typer.Option(False, "--planned", help="shut the sources down first: zero data loss"),
+                      approval_timeout: int = typer.Option(3600, min=1, help="seconds to wait for approval"),
+                      as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                      local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
+    """Fail a plan over to Azure after a human approves; its manual steps wait for `drbook approve`."""
+    if point:
+        _point(point)
+    _plan_result(_stage("plan-failover", {"plan": plan, "point": point, "planned": planned,
+                                          "approval_timeout": approval_timeout},
+                        local=local, no_wait=no_wait, site=site, as_json=as_json,
+                        note="waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`"), as_json)
+
+
+@plan_app.command("failback")
+def plan_failback_cmd(plan: str, as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                      local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
+    """Fail a plan back on-premises (groups in reverse order). Not built yet: refused."""
+    _plan_result(_stage("plan-failback", {"plan": plan}, local=local, no_wait=no_wait, site=site, as_json=as_json),
+                 as_json)
+
+
+@app.command("report")
+def report_cmd(run_id: str, open_it: bool = typer.Option(False, "--open", help="open it in a browser"),
+               site: Optional[Path] = SiteOpt) -> None:
+    """A plan run's report (HTML with its charts), drawn again from its record; prints its path."""
+    from drbook.plans.record import PlanRunRecord
+    from drbook.plans.report import write_html
+    from drbook.runs import require_run_id
+    from drbook.site import open_site
+    from drbook.vault import plan_run_key
+
+    require_run_id(run_id)
+    s = open_site(_site_path(site))
+    record = s.vault.get(plan_run_key(run_id), PlanRunRecord)
+    points = {m.machine: s.engine.points.points(m.machine) for m in record.machines}
+    path = write_html(s.path.parent / "reports" / f"plan-{record.plan}-{run_id}.html", record, points=points)
+    out.print(str(path))
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(path.resolve().as_uri())
 
 
 def _table(title: str, rows: list[dict], columns: list[str]) -> None:

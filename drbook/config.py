@@ -273,6 +273,8 @@ class SiteConfig(_Strict):
     machines: Annotated[list[MachineConfig], _unique_names("machine")] = []
     policies: Annotated[list[PolicyConfig], _unique_names("policy")] = [PolicyConfig()]
     alerts: AlertsConfig | None = Field(None, description="RPO alert notifications (drbook.alerts)")
+    plans_dir: Path | None = Field(None, description="the recovery plans' folder (plans/*.yaml); relative to this file; "
+                                                     "default: plans/ beside it")
 
     @field_validator("network_mapping")
     @classmethod
@@ -285,6 +287,10 @@ class SiteConfig(_Strict):
                 raise ValueError(f"subnet {m.target_vnet}/{m.target_subnet} is given two address prefixes: "
                                  f"{prefixes[subnet]} and {m.address_prefix}")
         return v
+
+    def plans_folder(self, site_file: Path) -> Path:
+        folder = self.plans_dir or Path("plans")
+        return folder if folder.is_absolute() else Path(site_file).resolve().parent / folder
 
     def machine(self, name: str) -> MachineConfig:
         for m in self.machines:
@@ -351,6 +357,8 @@ def _file_problems(cfg: SiteConfig) -> Iterator[tuple[str, str]]:
         problem = None
         if is_secret_field(info) and isinstance(value, str):
             problem = secret_file_problem(value)
+        elif isinstance(value, Path) and loc[-1] == "plans_dir":
+            problem = None if value.is_dir() or not value.is_absolute() else f"{value} is not a folder"
         elif isinstance(value, Path):
             problem = private_file_problem(value) if loc[-1] == "key_file" else _file_problem(value)
         if problem:

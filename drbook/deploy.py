@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from drbook.errors import DeployError
+from drbook.errors import DeployError, DRError
 
 POOL = "drbook-process-server"
 POOL_TYPE = "process"
@@ -112,6 +112,54 @@ def deploy(site_path: Path, prefect_file: Path | None = None, *, say=lambda msg:
     if not api_url:
         raise DeployError("no Prefect server: set PREFECT_API_URL (or a Prefect profile) to the server the worker uses")
     path = Path(prefect_file or prefect_yaml()).resolve()
+    with tempfile.TemporaryDirectory(prefix="drbook-deploy-plans-") as tmp:
+        drills, bad_plans = plan_drill_deployments(site_path)
+        if drills:
+            path = with_deployments(path, drills, Path(tmp) / "prefect.yaml")
+            say(f"weekly drills of {len(drills)} recovery plans: {', '.join(d['name'] for d in drills)}")
+        return _deploy_file(path, site_path, api_url, bad_plans, say)
+
+
+def plan_drill_deployments(site_path: Path) -> tuple[list[dict], list[str]]:
+    """A weekly unattended drill per recovery plan of the site (Sunday 04:00 UTC, an hour after
+    the machines' weekly drill), and the plans that do not load (named with why)."""
+    from drbook.config import load_site
+    from drbook.plans.load import list_plans, load_plan
+
+    folder = load_site(site_path).plans_folder(site_path)
+    drills, bad = [], []
+    for file in list_plans(folder):
+        try:
+            plan = load_plan(file).plan
+        except DRError as exc:
+            bad.append(f"weekly-drill-{file.stem} ({exc})")
+            continue
+        drills.append({
+            "name": f"weekly-drill-{plan.name}",
+            "entrypoint": "drbook.flows.plan.scheduled_plan_drill_flow",
+            "description": f"Unattended weekly drill of recovery plan {plan.name} ({file}): its groups in order, "
+                           "manual steps skipped, every block verified, a report with charts, then cleanup.",
+            "tags": ["drbook", "drill", "plan", "scheduled"],
+            "parameters": {"plan": plan.name},
+            "schedules": [{"cron": "0 4 * * 0", "timezone": "UTC"}],
+            "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"},
+            "enforce_parameter_schema": True,
+        })
+    return drills, bad
+
+
+def with_deployments(path: Path, extra: list[dict], out: Path) -> Path:
+    """prefect.yaml with `extra` deployments added (each on the process-server pool as the first
+    deployment of the file is)."""
+    doc = yaml.safe_load(path.read_text())
+    pool = doc["deployments"][0]["work_pool"]
+    doc["deployments"] = doc["deployments"] + [{**d, "work_pool": pool} for d in extra]
+    doc.pop("definitions", None)  # its anchors are resolved in what safe_load read
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out
+
+
+def _deploy_file(path: Path, site_path: Path, api_url: str, bad_plans: list[str], say) -> DeployResult:
     refs = load_entrypoints(read_deployments(path))
     pool_created = ensure_pool(POOL)
     if pool_created:
@@ -122,9 +170,10 @@ def deploy(site_path: Path, prefect_file: Path | None = None, *, say=lambda msg:
         _prefect_deploy(path, [r.name for r in loadable], site_path, api_url)
     broken = [r for r in refs if r.error is not None]
     absent = missing([r.full_name for r in loadable], existing_deployments())
-    if broken or absent:
-        why = [f"{r.name} ({r.entrypoint}: {r.error})" for r in broken] + [f"{n} (not on the server after deploy)" for n in absent]
-        raise DeployError(f"{len(why)} of {len(refs)} deployments not registered: {'; '.join(why)}")
+    if broken or absent or bad_plans:
+        why = ([f"{r.name} ({r.entrypoint}: {r.error})" for r in broken] + [f"{n} (not on the server after deploy)" for n in absent]
+               + bad_plans)
+        raise DeployError(f"{len(why)} of {len(refs) + len(bad_plans)} deployments not registered: {'; '.join(why)}")
     return DeployResult(pool=POOL, pool_created=pool_created, deployments=[r.full_name for r in loadable],
                         alerts=_ensure_alerts(site_path))
 

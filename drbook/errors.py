@@ -202,3 +202,10 @@ class ResultUnavailable(RunError):
 def is_retryable(exc: BaseException) -> bool:
     """For Prefect's `retry_condition_fn`: retry only what may succeed next time."""
     return isinstance(exc, DRError) and exc.retryable
+
+
+class PlanStopped(DRError):
+    """A recovery plan stopped: a critical machine or action failed, or a manual action was
+    answered not done. What ran before stays as its state machine says; nothing after ran."""
+
+    exit_code = 14

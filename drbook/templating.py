@@ -18,7 +18,7 @@ def environment() -> Environment:
     env = Environment(
         loader=PackageLoader("drbook.templates", "."),
         undefined=StrictUndefined,
-        autoescape=select_autoescape(["html"]),
+        autoescape=select_autoescape(["html", "html.j2"]),
         keep_trailing_newline=True,
     )
     env.filters["sh"] = lambda v: shlex.quote(str(v))

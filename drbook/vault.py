@@ -101,6 +101,10 @@ def failover_key(run_id: str) -> str:
     return _check_key(f"failovers/{run_id}.json")
 
 
+def plan_run_key(run_id: str) -> str:
+    return _check_key(f"plan-runs/{run_id}.json")
+
+
 def audit_key(time: dt.datetime, unique: str) -> str:
     """Keys sort by time (in UTC; a naive time is taken as UTC); `unique` keeps two entries
     of the same microsecond apart."""

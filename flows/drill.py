@@ -2,7 +2,7 @@
 verify them byte for byte, report; `test-failover-cleanup` removes the drill and proves it;
 `scheduled-drill` does both, unattended, and never leaves anything behind.
 
-The three flows share the same steps (`_start_drill`, `_bring_up`, `_clean_up`): a drill
+The three flows share the same steps (`start_drill`, `_bring_up`, `clean_up`): a drill
 run by a person stays up for inspection, a scheduled one is cleaned up in the same run."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def drill_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LATES
         site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
     """
     site = open_site(site_path)
-    drill = _start_drill(site, machines, point)
+    drill = start_drill(site, machines, point)
     return _bring_up(site, drill)
 
 
@@ -69,7 +69,7 @@ def scheduled_drill_flow(machines: list[str] | None = None, group: str | None = 
     selection = drill_targets(site.vault.items(), machines, group)
     for name, why in selection.skipped.items():
         log.warning("not drilling %s: %s", name, why)
-    drill = _start_drill(site, selection.machines, point)
+    drill = start_drill(site, selection.machines, point)
     error: str | None = None
     try:
         result = _bring_up(site, drill)
@@ -79,9 +79,9 @@ def scheduled_drill_flow(machines: list[str] | None = None, group: str | None = 
         raise
     finally:
         # Always, also after a failure: an unattended drill leaves nothing behind.
-        cleanup = _clean_up(site, drill.drill_id)
+        cleanup = clean_up(site, drill.drill_id)
         create_markdown_artifact(outcome_markdown(drill.drill_id, selection.machines, error, cleanup),
-                                 key=f"{_artifact_key(drill.drill_id)}-outcome", description="scheduled drill outcome")
+                                 key=f"{artifact_key(drill.drill_id)}-outcome", description="scheduled drill outcome")
     log.info("drill %s verified and cleaned up; nothing left in Azure", drill.drill_id)
     return {**result, "cleanup": cleanup, "skipped": selection.skipped}
 
@@ -94,7 +94,7 @@ def drill_cleanup_flow(drill_id: str, site_path: str | None = None) -> dict:
         drill_id: the drill (drill-...), as the drill's report names it
         site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
     """
-    return _clean_up(open_site(site_path), drill_id)
+    return clean_up(open_site(site_path), drill_id)
 
 
 # -- the steps the flows share ---------------------------------------------------------------
@@ -110,7 +110,7 @@ class _Drill:
     began: dt.datetime  # the instant the drill acts for, for the RPO
 
 
-def _start_drill(site: Site, machines: list[str], point: str) -> _Drill:
+def start_drill(site: Site, machines: list[str], point: str) -> _Drill:
     """Refusals first (nothing touched), then the points, then the drill's record in the vault:
     from then on the drill is live and blocks any other drill of its machines."""
     started, began = time.monotonic(), utcnow()
@@ -144,23 +144,21 @@ def _bring_up(site: Site, drill: _Drill) -> dict:
                           sizes=sizes, taken=set())
     try:
         with transaction():
-            azure_tasks.ensure_resource_group(sp, rg, {TAG_RUN: run_id, "drbook-drill": drill_id})
+            azure_tasks.ensure_resource_group(sp, rg, drill_tags(drill))
             rows = parallel(lambda p: build_machine(sp, p, drill.chosen[p.item].consistency, drill.started, drill.began),
                             plans)
     except BaseException as exc:
         error = str(exc)
         leftovers = azure_tasks.sweep_run(sp, run_id)
         delete_resource_group(site.azure, rg)
-        site.vault.update(drill_key(drill_id), DrillRecord,
-                          lambda r: r.model_copy(update={"status": "failed", "finished": utcnow(),
-                                                         "report": {**r.report, "error": error, "swept": leftovers}}))
+        finish_drill(site, drill_id, "failed", {"error": error, "swept": leftovers})
         raise
     finished = utcnow()
     html = write_html(site.path.parent / "reports" / f"{drill_id}.html", kind="drill", run_label=drill_id, rows=rows,
                       resource_group=rg, started=drill.record.started.isoformat(), finished=finished.isoformat(),
                       flow_run_id=run_id)
-    create_markdown_artifact(markdown("drill", drill_id, rows, rg), key=_artifact_key(drill_id), description="drill report")
-    create_table_artifact(table_rows(rows), key=f"{_artifact_key(drill_id)}-table", description="drill results per machine")
+    create_markdown_artifact(markdown("drill", drill_id, rows, rg), key=artifact_key(drill_id), description="drill report")
+    create_table_artifact(table_rows(rows), key=f"{artifact_key(drill_id)}-table", description="drill results per machine")
     result = {
         "drill_id": drill_id,
         "flow_run_id": run_id,
@@ -168,13 +166,23 @@ def _bring_up(site: Site, drill: _Drill) -> dict:
         "vms": [{"machine": r.machine, "resource_group": r.resource_group, "vm_name": r.vm_name, "disks": r.disks} for r in rows],
         "results": [r.model_dump(mode="json") for r in rows],
     }
-    site.vault.update(drill_key(drill_id), DrillRecord, lambda r: r.model_copy(update={
-        "status": "succeeded", "finished": finished, "report": {**r.report, **result}}))
+    finish_drill(site, drill_id, "succeeded", result, finished=finished)
     log.info("drill %s: %d machines up and verified; report %s", drill_id, len(rows), html)
     return result
 
 
-def _clean_up(site: Site, drill_id: str) -> dict:
+def drill_tags(drill: _Drill) -> dict[str, str]:
+    """The drill's resource group's tags: its run (reconcile finds it) and the drill."""
+    return {TAG_RUN: drill.run_id, "drbook-drill": drill.drill_id}
+
+
+def finish_drill(site: Site, drill_id: str, status: str, report: dict, finished: dt.datetime | None = None) -> None:
+    """The drill's record says how it ended (failed: it then blocks no later drill)."""
+    site.vault.update(drill_key(drill_id), DrillRecord, lambda r: r.model_copy(update={
+        "status": status, "finished": finished or utcnow(), "report": {**r.report, **report}}))
+
+
+def clean_up(site: Site, drill_id: str) -> dict:
     """Delete what the drill made and prove nothing tagged with its run is left. A failed
     drill keeps its status (the record says it failed); any other becomes `cleaned-up`."""
     record = site.vault.get(drill_key(drill_id), DrillRecord)
@@ -190,5 +198,5 @@ def _clean_up(site: Site, drill_id: str) -> dict:
     return cleanup
 
 
-def _artifact_key(drill_id: str) -> str:
+def artifact_key(drill_id: str) -> str:
     return drill_id.lower().replace("_", "-")

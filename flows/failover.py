@@ -22,9 +22,9 @@ from drbook.failover import outcome
 from drbook.failover import points as pointlib
 from drbook.failover.commit import CommitResult, commit_item, require_committable
 from drbook.failover.recovery import choose_points, offered_sizes, plan_recovery, taken_ips
-from drbook.models import AuditEntry, AzureVmRef, FailoverRecord, utcnow
+from drbook.models import AuditEntry, AzureVmRef, FailoverRecord, ProtectedItem, utcnow
 from drbook.report import markdown, table_rows, write_html
-from drbook.site import open_site
+from drbook.site import Site, open_site
 from drbook.tasks.policy import ONCE
 from drbook.vault import failover_key
 from drbook.flows.common import current_run_id, parallel
@@ -52,7 +52,6 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
         approval_timeout: seconds to wait for the approval; then nothing changes
         site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
     """
-    log = get_run_logger()
     site = open_site(site_path)
     sp = str(site.path)
     run_id = current_run_id()
@@ -65,39 +64,9 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
         for m in machines:
             leases.enter_context(site.vault.lease(f"failover-{m}", holder=f"failover {run_id}", duration_s=30))
         site.vault.put(failover_key(run_id), record)
-        # Ask: a summary of exactly what will happen, on the run's page and above the form.
-        rg = site.cfg.azure.resource_group
-        points_by_item = {i.name: replication_tasks.points_of(site, i.name) for i in items}
-        preview = approvallib.preview_points(site.cfg, items, points_by_item, point, planned)
-        preview_plans = plan_recovery(site.cfg, [i for i in items if i.name in preview], preview, run_id=run_id,
-                                      purpose="failover", resource_group=rg,
-                                      sizes=offered_sizes(site.azure, site.cfg.azure.location),
-                                      taken=taken_ips(site.azure, rg))
-        options = approvallib.point_options(items, points_by_item, point)
-        summary = approvallib.approval_summary(cfg=site.cfg, run_id=run_id, items=items, planned=planned, choice=point,
-                                               chosen=preview, plans=preview_plans, options=options, now=utcnow())
-        # No key: on the run's Artifacts tab the card then opens this summary itself (a keyed
-        # card opens the key's history across runs).
-        create_markdown_artifact(summary, description=f"waiting for approval: failover of {', '.join(machines)}")
-        log.info("waiting for an approval of the failover of %s. %s", ", ".join(machines),
-                 approvallib.HOW_TO_ANSWER.format(run_id=run_id))
-        try:
-            answer = pause_flow_run(wait_for_input=approvallib.approval_form(options, point, summary),
-                                    timeout=approval_timeout, poll_interval=1, key="failover-approval")
-        except FlowPauseTimeout:
-            answer = None
-        decision = approvallib.decide(answer, point)
-        for m in machines:
-            site.vault.audit(AuditEntry(actor=decision.approver or "drbook", item=m, action=decision.audit_action,
-                                        flow_run_id=run_id, detail={"point": decision.point, "planned": planned,
-                                                                    "comment": decision.comment}))
-        site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
-            "status": decision.status, "approver": decision.approver, "comment": decision.comment,
-            "finished": None if decision.approved else utcnow()}))
-        if not decision.approved:
-            raise ApprovalRejected(f"failover of {', '.join(machines)} not approved ({decision.why}); nothing was changed")
+        decision = ask_approval(site, items, point=point, planned=planned, run_id=run_id,
+                                approval_timeout=approval_timeout, what=", ".join(machines))
         point = decision.point
-        log.info("approved by %s (point %s): %s", decision.approver, point, decision.comment)
         started = time.monotonic()
         approved_at = utcnow()
 
@@ -106,19 +75,7 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
             items = [site.vault.item(m) for m in machines]
             for item in items:
                 statelib.require(item, "failover")
-            steps = pointlib.failover_steps(planned, point)
-            if steps.stop_applications:
-                for m in machines:
-                    source_tasks.quiesce_for_shutdown(sp, m)
-            finals = replication_tasks.final_cycles(sp, machines) if steps.final_cycle else []
-            if steps.final_cycle_required:
-                chosen = pointlib.require_final_points(machines, finals)
-            else:
-                chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items},
-                                       point)
-            if steps.shut_down_sources:
-                for m in machines:
-                    source_tasks.shut_down_source(sp, m)
+            chosen = stop_sources_and_choose_points(site, machines, items, point, planned)
             rg = site.cfg.azure.resource_group
             sizes = offered_sizes(site.azure, site.cfg.azure.location)
             plans = plan_recovery(site.cfg, items, chosen, run_id=run_id, purpose="failover", resource_group=rg,
@@ -187,3 +144,65 @@ def commit_flow(machines: list[str], dry_run: bool = False, site_path: str | Non
 @task(name="commit-item", **ONCE)
 def commit_one(site_path: str, machine: str, run_id: str, dry_run: bool) -> CommitResult:
     return commit_item(open_site(site_path), machine, run_id=run_id, dry_run=dry_run)
+
+
+def ask_approval(site: Site, items: list[ProtectedItem], *, point: str, planned: bool, run_id: str,
+                 approval_timeout: int, what: str, extra: str = "") -> approvallib.ApprovalDecision:
+    """Pause for a person's yes or no on a summary of exactly what will happen (`extra`: more
+    markdown under it, e.g. a plan's steps); the answer goes to the audit log and the run's
+    FailoverRecord. A no (or no answer in time) raises ApprovalRejected: nothing was changed."""
+    log = get_run_logger()
+    machines = [i.name for i in items]
+    rg = site.cfg.azure.resource_group
+    points_by_item = {i.name: replication_tasks.points_of(site, i.name) for i in items}
+    preview = approvallib.preview_points(site.cfg, items, points_by_item, point, planned)
+    preview_plans = plan_recovery(site.cfg, [i for i in items if i.name in preview], preview, run_id=run_id,
+                                  purpose="failover", resource_group=rg,
+                                  sizes=offered_sizes(site.azure, site.cfg.azure.location),
+                                  taken=taken_ips(site.azure, rg))
+    options = approvallib.point_options(items, points_by_item, point)
+    summary = approvallib.approval_summary(cfg=site.cfg, run_id=run_id, items=items, planned=planned, choice=point,
+                                           chosen=preview, plans=preview_plans, options=options, now=utcnow())
+    summary += extra
+    # No key: on the run's Artifacts tab the card then opens this summary itself (a keyed
+    # card opens the key's history across runs).
+    create_markdown_artifact(summary, description=f"waiting for approval: failover of {what}")
+    log.info("waiting for an approval of the failover of %s. %s", what, approvallib.HOW_TO_ANSWER.format(run_id=run_id))
+    try:
+        answer = pause_flow_run(wait_for_input=approvallib.approval_form(options, point, summary),
+                                timeout=approval_timeout, poll_interval=1, key="failover-approval")
+    except FlowPauseTimeout:
+        answer = None
+    decision = approvallib.decide(answer, point)
+    for m in machines:
+        site.vault.audit(AuditEntry(actor=decision.approver or "drbook", item=m, action=decision.audit_action,
+                                    flow_run_id=run_id, detail={"point": decision.point, "planned": planned,
+                                                                "comment": decision.comment}))
+    site.vault.update(failover_key(run_id), FailoverRecord, lambda r: r.model_copy(update={
+        "status": decision.status, "approver": decision.approver, "comment": decision.comment,
+        "finished": None if decision.approved else utcnow()}))
+    if not decision.approved:
+        raise ApprovalRejected(f"failover of {what} not approved ({decision.why}); nothing was changed")
+    log.info("approved by %s (point %s): %s", decision.approver, decision.point, decision.comment)
+    return decision
+
+
+def stop_sources_and_choose_points(site: Site, machines: list[str], items: list[ProtectedItem], choice: str,
+                                   planned: bool) -> dict:
+    """What happens before anything is built, in `machines` order: planned, the sources'
+    applications stop, a final cycle runs and the sources shut down (its points are the final
+    ones); `latest`, a final cycle where the source answers; then the points."""
+    sp = str(site.path)
+    steps = pointlib.failover_steps(planned, choice)
+    if steps.stop_applications:
+        for m in machines:
+            source_tasks.quiesce_for_shutdown(sp, m)
+    finals = replication_tasks.final_cycles(sp, machines) if steps.final_cycle else []
+    if steps.final_cycle_required:
+        chosen = pointlib.require_final_points(machines, finals)
+    else:
+        chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items}, choice)
+    if steps.shut_down_sources:
+        for m in machines:
+            source_tasks.shut_down_source(sp, m)
+    return chosen

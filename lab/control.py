@@ -536,6 +536,8 @@ class Lab:
             ],
             # RPO alerts (drbook.alerts) go to the lab's webhook receiver.
             "alerts": {"webhook_url": status["webhook"]["url"]},
+            # The lab's recovery plans are the project's plans/ folder (a real site keeps its own).
+            "plans_dir": str(REPO_ROOT / "plans"),
             # A crash point a minute (ASR's default is five): `make demo` shows the worker's
             # scheduled replication make a point while it watches. Tests' sites copy this.
             "policies": [{"name": "default", "crash_frequency_minutes": 1, "rpo_threshold_minutes": 5}],

@@ -2,8 +2,10 @@
 
 lab up -> discover -> push the agent -> protect (app01+app02 as a replication group, db01
 alone) with the workload writers running -> replication cycles -> points, verify ->
-prepare-azure (twice: the second changes nothing) -> a drill of an older point with its
-report -> drill cleanup -> a planned failover approved with `drbook approve` -> commit.
+prepare-azure (twice: the second changes nothing) -> the recovery plan plans/lab.yaml: its
+steps (a dry run), a plan drill (db01, then app01 and app02 with a post script) with its
+report and charts -> drill cleanup -> a planned plan failover approved with `drbook approve`,
+its manual step (the DNS change) answered with `drbook approve` -> commit.
 It ends with a table of each stage: time, RPO, RTO and bytes verified, and the Prefect UI
 page of every run it started.
 
@@ -49,7 +51,7 @@ def stage(name: str, **extra):
 
 def drbook(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real CLI, as a person would (JSON answers are read, not shown)."""
-    if args and args[0] in STAGE_COMMANDS:
+    if args and (args[0] in STAGE_COMMANDS or (args[0] == "plan" and args[1] != "show")):
         args = (*args, *MODE)
     console.print(f"[dim]$ drbook {' '.join(args)}[/dim]")
     proc = subprocess.run([sys.executable, "-m", "drbook.cli", *args], text=True, capture_output=True)
@@ -97,7 +99,6 @@ def main() -> None:
 def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
     import json
 
-    from drbook.cli import result_table
     from lab.cli import print_status
     from lab.workload_control import start_workload, writer
 
@@ -138,7 +139,6 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         _wait_for_scheduled_point("db01", after=json.loads(drbook("points", "db01", "--json").stdout)[0]["time"])
 
     points = json.loads(drbook("points", "db01", "--json").stdout)
-    older = points[-1]["id"] if len(points) > 1 else points[0]["id"]
     with stage("verify a point") as row:
         drbook("verify", "db01", "--point", points[0]["id"])
         row["verified"] = f"{sum(d['size_bytes'] for d in points[0]['disks']) / 2**20:.0f} MiB"
@@ -148,36 +148,42 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         drbook("prepare-azure")
         drbook("prepare-azure")
 
-    with stage("test failover (drill of an older point)") as row:
-        drill = json.loads(drbook("test-failover", "db01", "--point", older, "--json").stdout)
-        _fill(row, drill["results"])
-        result_table(f"drill {drill['drill_id']}", drill["results"])
-        console.print(f"drill report: {drill['report']}")
+    _guest_answers(lab)
+    with stage("recovery plan lab: its steps (a dry run)"):
+        drbook("plan", "show", "lab")
+    with stage("plan drill (database, then applications)") as row:
+        drill = json.loads(drbook("plan", "test-failover", "lab", "--json").stdout)
+        _fill(row, drill["machines"])
+        plan_table(drill)
+        console.print(f"plan report (timeline and RPO charts): {drill['report']}")
     with stage("drill cleanup"):
         drbook("test-failover-cleanup", drill["drill_id"])
 
-    with stage("planned failover, approved") as row:
+    with stage("planned plan failover, approved; its manual step answered") as row:
         result: dict = {}
         runner = threading.Thread(target=lambda: result.update(
-            proc=drbook("failover", "app01", "app02", "--planned", "--json", "--approval-timeout", "300",
-                        check=False)))
+            proc=drbook("plan", "failover", "lab", "--planned", "--json", "--approval-timeout", "300", check=False)))
         runner.start()
-        run_id = _wait_for_approval()
+        run_id, since = _wait_for_approval("plan-failover")
         from drbook.runs import url_of
 
         console.print(f"[cyan]the failover waits for approval; the UI shows it paused: {url_of(run_id)}[/cyan]",
                       soft_wrap=True, highlight=False)
         drbook("approvals")
-        drbook("approve", run_id, "--comment", "demo: planned failover of the app tier")
+        drbook("approve", run_id, "--comment", "demo: planned failover of the lab plan")
+        again, _ = _wait_for_approval("plan-failover", after=since)
+        console.print("[cyan]the plan waits for its manual step (the DNS change) after the application group[/cyan]")
+        drbook("approve", again, "--comment", "demo: app.example.internal points at the recovered servers")
         runner.join()
         if result["proc"].returncode != 0:  # its error line is printed above
-            raise SystemExit(f"demo: the failover failed (exit {result['proc'].returncode})")
+            raise SystemExit(f"demo: the plan failover failed (exit {result['proc'].returncode})")
         failover = json.loads(result["proc"].stdout)
-        _fill(row, failover["results"])
-        result_table(f"failover {failover['run_id']}", failover["results"])
+        _fill(row, failover["machines"])
+        plan_table(failover)
+        console.print(f"plan report (timeline and RPO charts): {failover['report']}")
 
     with stage("commit"):
-        drbook("commit", "app01", "app02")
+        drbook("commit", "db01", "app01", "app02")
         drbook("items")
 
     for m in status["machines"]:
@@ -234,21 +240,39 @@ def _wait_for_scheduled_point(item: str, after: str, timeout: float = 120) -> No
                   f"continuous-replication deployment paused (a test session running)?[/yellow]")
 
 
-def _wait_for_approval(timeout: float = 120) -> str:
+def _wait_for_approval(flow: str, after: str | None = None, timeout: float = 300) -> tuple[str, str]:
+    """The paused run of `flow` (paused since another instant than `after`) and since when."""
     from drbook.approvals import waiting_approvals
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        waiting = [a for a in waiting_approvals() if a["flow"] == "failover"]
+        waiting = [a for a in waiting_approvals() if a["flow"] == flow and a["since"] != after]
         if waiting:
-            return waiting[0]["run_id"]
+            return waiting[0]["run_id"], waiting[0]["since"]
         time.sleep(0.5)
-    raise SystemExit("demo: the failover never asked for approval")
+    raise SystemExit(f"demo: the {flow} run never asked for an answer")
+
+
+def _guest_answers(lab) -> None:  # noqa: ANN001 - lab.control.Lab
+    """The lab has no guest OS: what run command answers on the recovered application servers
+    is what the lab says a healthy guest would print for the plan's post script."""
+    from lab.arm.control import ArmLabControl
+
+    control = ArmLabControl(lab.status()["arm"]["base_url"], lab.status()["ca_bundle"])
+    for vm in ("app01-vm", "app02-vm"):
+        control.set_run_command_output("Enable succeeded: \n[stdout]\napplication answers\ndrbook-exit-status=0\n\n"
+                                       "[stderr]\n", vm=vm)
+
+
+def plan_table(result: dict) -> None:
+    from drbook.cli import _plan_result
+
+    _plan_result(result, as_json=False)
 
 
 def _fill(row: dict, results: list[dict]) -> None:
-    row["rpo"] = f"{max(r['rpo_seconds'] for r in results):.1f} s"
-    row["rto"] = f"{max(r['rto_seconds'] for r in results):.1f} s"
+    row["rpo"] = f"{max(r['rpo_seconds'] or 0 for r in results):.1f} s"
+    row["rto"] = f"{max(r['rto_seconds'] or 0 for r in results):.1f} s"
     row["verified"] = f"{sum(r['bytes_verified'] for r in results) / 2**20:.0f} MiB"
 
 

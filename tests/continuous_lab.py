@@ -1,6 +1,6 @@
 """The lab of the continuous-replication tests (test_e2e_continuous, test_e2e_rpo_alert):
 a site of each module's own with a fast policy (a crash point every 15 s, RPO threshold
-60 s) protecting app02 through an sshd of the module's own (a second sshd of app02's machine
+45 s) protecting app02 through an sshd of the module's own (a second sshd of app02's machine
 on the module's OWN_PORT), so a test can stop that sshd without taking the shared lab's
 app02 away from other test sessions; and a dispatcher deployment of the module's own, on a
 10 s interval, on the lab's worker, which starts cycles as runs of replicate-cycle/replicate.
@@ -22,7 +22,7 @@ from drbook.site import forget_sites, open_site
 from lab.machines import host_key_line
 
 ITEM = "app02"
-FAST = {"name": "fast", "crash_frequency_minutes": 0.25, "app_frequency_minutes": 60, "rpo_threshold_minutes": 1.0}
+FAST = {"name": "fast", "crash_frequency_minutes": 0.25, "app_frequency_minutes": 60, "rpo_threshold_minutes": 0.75}
 DISPATCH_EVERY_S = 10
 
 

@@ -32,6 +32,9 @@ EXPECTED = {
     "failover/failover": ("drbook.flows.failover.failover_flow", False),
     "commit/commit": ("drbook.flows.failover.commit_flow", False),
     "reconcile/reconcile": ("drbook.flows.reconcile.reconcile_flow", True),
+    "plan-test-failover/plan-test-failover": ("drbook.flows.plan.plan_drill_flow", False),
+    "plan-failover/plan-failover": ("drbook.flows.plan.plan_failover_flow", False),
+    "plan-failback/plan-failback": ("drbook.flows.plan.plan_failback_flow", False),
 }
 
 

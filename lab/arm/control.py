@@ -85,6 +85,10 @@ class ArmLabControl:
         """What run command answers, for one VM (name or id) or, without `vm`, for all."""
         self._call("POST", "run-command-output", {"output": output, "vm": vm, "code": code})
 
+    def clear_run_command_output(self, vm: str | None = None) -> None:
+        """Back to the default answer for one VM (name or id) or, without `vm`, the all-VMs answer."""
+        self._call("POST", "run-command-output", {"vm": vm, "clear": True})
+
     def run_commands(self) -> list[dict[str, Any]]:
         """Every run command asked for: vmId, vmName, commandId, script, parameters, time."""
         return self._call("GET", "run-commands")["value"]
