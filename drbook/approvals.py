@@ -37,6 +37,7 @@ def waiting_approvals() -> list[dict]:
                 "flow": flows[r.flow_id],
                 "name": r.name,
                 "machines": ", ".join(params.get("machines") or []),
+                "plan": params.get("plan"),  # a recovery plan's run: its approval, then its manual steps
                 "planned": params.get("planned"),
                 "point": params.get("point"),
                 "site_path": params.get("site_path"),  # None: the deployment's worker site

@@ -414,7 +414,7 @@ def approvals_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     if as_json:
         emit_json(rows)
     else:
-        _table("waiting for approval", rows, ["run_id", "flow", "name", "machines", "planned", "since"])
+        _table("waiting for approval", rows, ["run_id", "flow", "name", "plan", "machines", "planned", "since"])
 
 
 @app.command("approve")

@@ -135,7 +135,17 @@ def plan_failover_flow(plan: str, point: pointlib.PointChoice | None = None, pla
                                   report={"error": f"{type(exc).__name__}: {exc}", "built": "nothing was built in Azure"})
             run.log.update(status="failed", finished=utcnow(), why=f"{type(exc).__name__}: {exc}")
             raise
-        run.walk(steps)
+        try:
+            run.walk(steps)
+        except BaseException as exc:
+            # Not a step's failure (those are verdicts): what moved stays failed over (its state
+            # says so); the record says the run failed and where.
+            why = f"{type(exc).__name__}: {exc}"
+            outcome.update_record(site.vault, run_id, status="failed", finished=utcnow(),
+                                  point_ids={r.item: r.point_id for r in run.rows},
+                                  report={"plan": loaded.plan.name, "plan_run": run_id, "error": why})
+            run.log.update(status="failed", finished=utcnow(), why=why)
+            raise
         rows = run.rows
         status = "succeeded" if rows else "rolled-back"
         outcome.update_record(site.vault, run_id, status=status, finished=utcnow(),
@@ -395,8 +405,17 @@ def _drill(plan: str, point: str | None, site_path: str | None, *, unattended: b
                    purpose="drill", resource_group=drill.record.resource_group, started=drill.started,
                    began=drill.began, unattended=unattended, drill_id=drill.drill_id, chosen=drill.chosen)
     run.open_log()
-    azure_tasks.ensure_resource_group(run.sp, run.resource_group, drill_tags(drill))
-    run.walk(plan_steps(loaded.plan, "test-failover"))
+    try:
+        azure_tasks.ensure_resource_group(run.sp, run.resource_group, drill_tags(drill))
+        run.walk(plan_steps(loaded.plan, "test-failover"))
+    except BaseException as exc:
+        # Not a step's failure (those are verdicts): the drill cannot go on; swept, as any failed drill.
+        run.stopped = decide.StepVerdict(go_on=False, why=f"{type(exc).__name__}: {exc}")
+        swept = azure_tasks.sweep_run(run.sp, run.run_id)
+        delete_resource_group(site.azure, run.resource_group)
+        finish_drill(site, drill.drill_id, "failed", {"error": run.stopped.why, "swept": swept, "plan_run": run.run_id})
+        run.log.update(status="failed", finished=utcnow(), why=run.stopped.why)
+        raise
     if run.stopped:
         # A stopped drill is a failed drill: swept, as any failed drill (it then blocks no later one).
         swept = azure_tasks.sweep_run(run.sp, run.run_id)

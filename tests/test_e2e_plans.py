@@ -10,13 +10,16 @@ record of run commands: the rendered script, with each machine's own facts."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from drbook.errors import PlanStopped
+from drbook.errors import ApprovalRejected, PlanStopped
 from drbook.failover.build import resources_of_run, resources_of_site
 from drbook.models import ItemState
 from drbook.plans.record import PlanRunRecord
@@ -64,6 +67,12 @@ def guest_answers(arm):  # noqa: F811
     yield answer
     for vm in set_vms:
         arm.clear_run_command_output(vm)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "drbook.cli", *args], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out
 
 
 def _write_plan(site, name: str, groups: list[dict]) -> None:
@@ -115,6 +124,12 @@ def test_a_plan_drill_recovers_group_by_group_runs_its_scripts_and_reports(prote
     # The report: the table and both charts, inline.
     html = Path(result["report"]).read_text()
     assert html.count("<svg") == 2 and "app02" in html and "exit status 3" in html
+    # The CLI: the dry run, and the report drawn again from the run's record.
+    shown = _cli("plan", "show", "tiers", "--site", site_path, "--json")
+    assert [(r["group"], r["kind"]) for r in json.loads(shown.stdout)["steps"]] == [
+        ("database", "recover"), ("applications", "recover"), ("applications", "script"), ("applications", "wait")]
+    again = _cli("report", result["run_id"], "--site", site_path)
+    assert Path(again.stdout.strip()).read_text().count("<svg") == 2
     cleanup = drill_cleanup_flow(result["drill_id"], site_path=site_path)
     assert cleanup["left"] == [] and resources_of_run(site.azure, result["run_id"]) == []
 
@@ -140,7 +155,7 @@ def test_a_critical_failure_stops_the_plan_and_the_drill_is_swept(protected, sit
     assert resources_of_run(site.azure, record.run_id) == [], "a stopped drill is swept"
 
 
-def _paused_plan_run(site_path: str, timeout: float = 60, after: str | None = None) -> str:
+def _paused_plan_run(site_path: str, timeout: float = 60, after: str | None = None) -> tuple[str, str]:
     from drbook.approvals import waiting_approvals
 
     deadline = time.monotonic() + timeout
@@ -161,6 +176,16 @@ def test_a_plan_failover_stops_at_a_manual_step_answered_not_done(protected, sit
         {"name": "database", "machines": ["db01"], "post": [{"manual": "Check the database answers, then say done."}]},
         {"name": "applications", "machines": ["app01"]},
     ])
+    # A rejected approval: nothing changes.
+    thread, out = run_in_thread(plan_failover_flow, "manual", point="latest-processed", approval_timeout=300,
+                                site_path=site_path)
+    run_id, _ = _paused_plan_run(site_path)
+    answer(run_id, approve=False, approver="tester", comment="not now")
+    thread.join(timeout=60)
+    assert isinstance(out.get("error"), ApprovalRejected), out
+    assert {site.vault.item(m).state for m in ("db01", "app01")} == {ItemState.PROTECTED}
+    assert resources_of_site(site.azure, site.cfg.site) == []
+
     thread, out = run_in_thread(plan_failover_flow, "manual", point="latest-processed", approval_timeout=300,
                                 site_path=site_path)
     run_id, since = _paused_plan_run(site_path)

@@ -22,9 +22,12 @@ class RunLog:
         self.vault.put(plan_run_key(self.record.run_id), self.record)
 
     def begin(self, step: PlanStep, *, machine: str | None = None, critical: bool | None = None) -> int:
-        label = step.label() if machine is None or step.kind == "recover" else f"{step.label()} · {machine}"
-        if step.kind == "recover" and machine is not None:
+        if machine is None:
+            label = step.label()
+        elif step.kind == "recover":
             label = f"recover {machine}"
+        else:
+            label = f"{step.label()} · {machine}"
         with self._lock:
             self.record.steps.append(StepRecord(group=step.group, phase=step.phase, kind=step.kind, label=label,
                                                 machine=machine, critical=step.critical if critical is None else critical))
