@@ -271,6 +271,38 @@ def machine_checks(record, what: str) -> list[str]:  # noqa: ANN001
 
 # -- drill ------------------------------------------------------------------------------------------
 
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process and its waited-for children used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(pid: int) -> list[int]:
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    children = [int(k) for k in kids.read_text().split()] if kids.exists() else []
+    return [pid] + [p for c in children for p in _tree(c)]
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds used so far by this process (drbook and the Prefect client) and by the lab's
+    ARM emulator, Azurite and Prefect server (each with its children): where a run's time went."""
+    from lab.paths import lab_dir
+
+    run = lab_dir() / "run"
+    out = {"bench (drbook + Prefect client)": _cpu_of(os.getpid())}
+    for name, label in (("arm", "ARM emulator"), ("azurite", "Azurite"), ("prefect", "Prefect server")):
+        try:
+            out[label] = sum(_cpu_of(p) for p in _tree(int((run / f"{name}.pid").read_text().split()[0])))
+        except (OSError, ValueError):
+            out[label] = float("nan")
+    return out
+
+
+def cpu_used(before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before[k], 1) for k, v in cpu_snapshot().items()}
+
+
 def run_drill(site, n: int) -> dict:  # noqa: ANN001
     from drbook.failover.build import resources_of_run
     from drbook.flows.drill import drill_cleanup_flow
@@ -280,16 +312,17 @@ def run_drill(site, n: int) -> dict:  # noqa: ANN001
     from drbook.vault import plan_run_key
 
     sp = str(site.path)
-    began, t0 = utcnow(), time.perf_counter()
+    began, t0, cpu0 = utcnow(), time.perf_counter(), cpu_snapshot()
     result = plan_drill_flow(PLAN, site_path=sp)
     wall = time.perf_counter() - t0
+    cpu = cpu_used(cpu0)
     ended = utcnow()
     record = site.vault.get(plan_run_key(result["run_id"]), PlanRunRecord)
     checks = machine_checks(record, "drill")
     if result["status"] != "succeeded":
         checks.append(f"drill: status {result['status']}: {result['why']}")
     out = {"run_id": result["run_id"], "drill_id": result["drill_id"], "status": result["status"],
-           "seconds": round(wall, 3), "per_machine_s": round(wall / n, 3),
+           "seconds": round(wall, 3), "per_machine_s": round(wall / n, 3), "cpu_s": cpu,
            "bytes_verified": sum(m.bytes_verified for m in record.machines), **breakdown(record, began, ended)}
     t0 = time.perf_counter()
     cleanup = drill_cleanup_flow(result["drill_id"], site_path=sp)
@@ -369,7 +402,7 @@ def run_failover(site, n: int, timeout: float) -> dict:  # noqa: ANN001
                             approval_timeout=600, site_path=sp)
     run_id = paused_run(sp, thread, out, timeout)
     to_pause = time.perf_counter() - t0
-    answered, ta = utcnow(), time.perf_counter()
+    answered, ta, cpu0 = utcnow(), time.perf_counter(), cpu_snapshot()
     answer(run_id, approve=True, approver="bench-plans", comment="bench_plans.py")
     thread.join(timeout)
     if thread.is_alive():
@@ -377,6 +410,7 @@ def run_failover(site, n: int, timeout: float) -> dict:  # noqa: ANN001
     if "error" in out:
         raise RuntimeError(f"the failover {run_id} failed: {type(out['error']).__name__}: {out['error']}") from out["error"]
     wall = out["ended"] - ta
+    cpu = cpu_used(cpu0)
     ended = answered + dt.timedelta(seconds=wall)
     result = out["result"]
     record = site.vault.get(plan_run_key(run_id), PlanRunRecord)
@@ -388,7 +422,7 @@ def run_failover(site, n: int, timeout: float) -> dict:  # noqa: ANN001
     if not_over:
         checks.append(f"failover: not failed over: {', '.join(not_over[:10])}{' …' if len(not_over) > 10 else ''}")
     res = {"run_id": run_id, "status": result["status"], "to_pause_s": round(to_pause, 3),
-           "seconds": round(wall, 3), "per_machine_s": round(wall / n, 3),
+           "seconds": round(wall, 3), "per_machine_s": round(wall / n, 3), "cpu_s": cpu,
            # the answer until the run's record opens: Prefect's pause poll (1 s), the approval's
            # audit entries and the failover record
            "answer_to_record_s": _s(answered, record.started),
@@ -434,6 +468,9 @@ def run_size(args, lab_status: dict, base: Path, n: int, op_time: OperationTime)
                 print(f"   [op {label}] failover {f['seconds']:.1f} s after the approval (to pause {f['to_pause_s']:.1f}, "
                       f"answer->record {f['answer_to_record_s']:.1f}, groups {f['groups_s']:.1f}, after "
                       f"{f['after_groups_s']:.1f}); bench cleanup {f['cleanup_s']:.1f} s", flush=True)
+                for what, r in (("drill", d), ("failover", f)):
+                    print(f"   [op {label}] {what} CPU s: " + ", ".join(f"{k} {v}" for k, v in r["cpu_s"].items()),
+                          flush=True)
                 for c in d["checks"] + f["checks"]:
                     print(f"   CHECK FAILED: {c}", flush=True)
     finally:

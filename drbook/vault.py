@@ -22,7 +22,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Callable, Iterator, Literal, TypeVar
+from typing import IO, Callable, Iterable, Iterator, Literal, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError
@@ -42,6 +42,7 @@ log = logging.getLogger("drbook.vault")
 _JSON = ContentSettings(content_type="application/json")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LOCK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+LEASE_WORKERS = 16  # locks taken or given back at once by Vault.leases
 _LIST_WORKERS = 8
 
 
@@ -351,6 +352,39 @@ class Vault:
             if renewer.is_alive():
                 renewer.join(timeout=duration_s)
             self._release(blob, client, lease)
+
+    @contextlib.contextmanager
+    def leases(self, names: Iterable[str], *, holder: str, duration_s: int = 15) -> Iterator[builtins.list[Lease]]:
+        """Several locks held together (a plan's hundred machines): taken in parallel, released
+        together. When one is held by someone else, the ones taken are given back and its
+        LeaseHeldError is raised."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = sorted(set(names))
+        held: builtins.list[tuple[contextlib.AbstractContextManager, Lease]] = []
+
+        def take(name: str) -> tuple[contextlib.AbstractContextManager, Lease]:
+            cm = self.lease(name, holder=holder, duration_s=duration_s)
+            return cm, cm.__enter__()
+
+        def give_back(cm: contextlib.AbstractContextManager) -> None:
+            cm.__exit__(None, None, None)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(LEASE_WORKERS, len(names)))) as pool:
+            error: BaseException | None = None
+            for future in [pool.submit(take, n) for n in names]:
+                try:
+                    held.append(future.result())
+                except BaseException as exc:  # the first refusal is the one raised
+                    error = error or exc
+            if error is not None:
+                list(pool.map(lambda h: give_back(h[0]), held))
+                raise error
+        try:
+            yield [lease for _, lease in held]
+        finally:
+            with ThreadPoolExecutor(max_workers=max(1, min(LEASE_WORKERS, len(held)))) as pool:
+                list(pool.map(lambda h: give_back(h[0]), held))
 
     def _acquire(self, name: str, key: str, duration_s: int) -> BlobLeaseClient:
         try:

@@ -7,7 +7,6 @@ run by a person stays up for inspection, a scheduled one is cleaned up in the sa
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -118,14 +117,12 @@ def start_drill(site: Site, machines: list[str], point: str) -> _Drill:
     items = [site.vault.item(m) for m in machines]
     for item in items:
         statelib.require(item, "test-failover")
-    with contextlib.ExitStack() as held:
-        # The check and the record are one step: two drills of a machine cannot both pass it.
-        for m in sorted(set(machines)):
-            held.enter_context(site.vault.lease(f"drill-{m}", holder=f"drill {drill_id} (run {run_id})", duration_s=30))
+    # The check and the record are one step: two drills of a machine cannot both pass it.
+    with site.vault.leases([f"drill-{m}" for m in machines], holder=f"drill {drill_id} (run {run_id})", duration_s=30):
         require_no_live_drill(site.vault.list(DRILLS_PREFIX, DrillRecord), machines)
         if pointlib.needs_final_cycle(point):
             replication_tasks.final_cycles(str(site.path), [i.name for i in items])
-        points = {i.name: replication_tasks.points_of(site, i.name) for i in items}
+        points = replication_tasks.points_of_each(site, [i.name for i in items])
         chosen = choose_points(site.cfg, items, points, point)
         record = DrillRecord(drill_id=drill_id, items=machines, point_ids={k: v.id for k, v in chosen.items()},
                              resource_group=f"drbook-{drill_id}", report={"flow_run_id": run_id})

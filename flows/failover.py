@@ -7,7 +7,6 @@ the production network (rolled back as a whole on any failure) -> state failed-o
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from prefect import flow, get_run_logger, pause_flow_run, task
@@ -59,10 +58,8 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
     for item in items:
         statelib.require(item, "failover")
     record = FailoverRecord(run_id=run_id, items=machines, planned=planned)
-    with contextlib.ExitStack() as leases:
-        # Held from before the approval to the end: a second failover of a machine is refused.
-        for m in machines:
-            leases.enter_context(site.vault.lease(f"failover-{m}", holder=f"failover {run_id}", duration_s=30))
+    # Held from before the approval to the end: a second failover of a machine is refused.
+    with site.vault.leases([f"failover-{m}" for m in machines], holder=f"failover {run_id}", duration_s=30):
         site.vault.put(failover_key(run_id), record)
         decision = ask_approval(site, items, point=point, planned=planned, run_id=run_id,
                                 approval_timeout=approval_timeout, what=", ".join(machines))
@@ -154,7 +151,7 @@ def ask_approval(site: Site, items: list[ProtectedItem], *, point: str, planned:
     log = get_run_logger()
     machines = [i.name for i in items]
     rg = site.cfg.azure.resource_group
-    points_by_item = {i.name: replication_tasks.points_of(site, i.name) for i in items}
+    points_by_item = replication_tasks.points_of_each(site, [i.name for i in items])
     preview = approvallib.preview_points(site.cfg, items, points_by_item, point, planned)
     preview_plans = plan_recovery(site.cfg, [i for i in items if i.name in preview], preview, run_id=run_id,
                                   purpose="failover", resource_group=rg,
@@ -201,7 +198,7 @@ def stop_sources_and_choose_points(site: Site, machines: list[str], items: list[
     if steps.final_cycle_required:
         chosen = pointlib.require_final_points(machines, finals)
     else:
-        chosen = choose_points(site.cfg, items, {i.name: replication_tasks.points_of(site, i.name) for i in items}, choice)
+        chosen = choose_points(site.cfg, items, replication_tasks.points_of_each(site, [i.name for i in items]), choice)
     if steps.shut_down_sources:
         for m in machines:
             source_tasks.shut_down_source(sp, m)

@@ -10,7 +10,6 @@ failover's finished groups stay failed over; a drill is swept, as any failed dri
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from drbook.tasks import azure as azure_tasks
 from drbook.tasks import plan as plan_tasks
 from drbook.tasks import replication as replication_tasks
 
-RPO_CHART_DAYS = 3
+GROUP_WIDTH = 16  # machines of a group recovered at once (bench/bench_plans.py: 8 -> 16)
 
 
 class ManualStepAnswer(RunInput):
@@ -116,9 +115,7 @@ def plan_failover_flow(plan: str, point: pointlib.PointChoice | None = None, pla
     run_id = current_run_id()
     choice = point or loaded.plan.point or pointlib.LATEST
     steps = plan_steps(loaded.plan, "failover")
-    with contextlib.ExitStack() as leases:
-        for m in machines:
-            leases.enter_context(site.vault.lease(f"failover-{m}", holder=f"plan failover {run_id}", duration_s=30))
+    with site.vault.leases([f"failover-{m}" for m in machines], holder=f"plan failover {run_id}", duration_s=30):
         site.vault.put(failover_key(run_id), FailoverRecord(run_id=run_id, items=machines, planned=planned))
         decision = ask_approval(site, list(items.values()), point=choice, planned=planned, run_id=run_id,
                                 approval_timeout=approval_timeout, what=f"plan {loaded.plan.name} ({', '.join(machines)})",
@@ -240,7 +237,7 @@ class _PlanRun:
         critical = {m: group.is_critical(m) for m in step.machines}
         errors: dict[str, str] = {}
         for failed in parallel(lambda unit: self._recover_unit(step, unit, plans, critical),
-                               decide.units(step.machines, self.items)):
+                               decide.units(step.machines, self.items), max_workers=GROUP_WIDTH):
             errors.update(failed)
         return decide.after_machines(errors, critical, f"group {step.group}")
 
@@ -313,7 +310,7 @@ class _PlanRun:
             return why
         self.log.end(index, "succeeded" if result.ok else "failed", output=result.output,
                      error="" if result.ok else result.problem())
-        self.log.add_output(machine, f"$ {action.script} (on the {action.where(step.phase)})\n{result.output}\n")
+        self.log.add_output(machine, f"$ {action.script} on the {'recovered VM' if action.where(step.phase) == 'recovered' else 'source'}\n{result.output}\n")
         return "" if result.ok else f"{action.script} on {machine}: {result.problem()}"
 
     def manual(self, step: PlanStep, action: ManualAction) -> decide.StepVerdict:
@@ -356,7 +353,7 @@ class _PlanRun:
         """Status, report and artifacts; a stopped plan then fails its run (PlanStopped)."""
         record = self.log.update(status=decide.final_status(self.log.record, self.stopped), finished=utcnow(),
                                  why=self.stopped.why if self.stopped else self.log.record.why)
-        points = {m: replication_tasks.points_of(self.site, m) for m in self.loaded.plan.machines()}
+        points = replication_tasks.points_of_each(self.site, self.loaded.plan.machines())
         html = write_html(self.site.path.parent / "reports" / f"plan-{self.loaded.plan.name}-{self.run_id}.html", record,
                           points=points)
         record = self.log.update(report_path=str(html))

@@ -21,6 +21,14 @@ def points_of(site: Site, item: str) -> list[RecoveryPoint]:
     return sorted(site.engine.points.points(item), key=lambda p: p.time, reverse=True)
 
 
+def points_of_each(site: Site, items: list[str]) -> dict[str, list[RecoveryPoint]]:
+    """points_of for many items at once (a 100-machine plan reads them in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(items)))) as pool:
+        return dict(zip(items, pool.map(lambda i: points_of(site, i), items)))
+
+
 # A final cycle that finds a cycle of its item running (one the schedule started before the
 # failover took its locks) waits for it, up to this long, instead of failing the failover.
 RUNNING_CYCLE_WAIT_S = 180.0

@@ -284,3 +284,25 @@ def test_python_m_lab_arm_runs_until_sigterm_and_keeps_its_state(arm_certs, arm_
     assert proc.returncode == 0, out.decode()
     state = json.loads((tmp_path / "state" / "state.json").read_text())
     assert "persisted" in state["subscriptions"][sub]["resourceGroups"]
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_drbooks_clients_verify_the_emulator_against_the_sites_ca_bundle_only(arm, trusted):  # noqa: F811
+    """drbook's ARM clients share one connection pool (drbook.adapters.azure.AzureClients): its
+    transport verifies the server with the site's CA bundle, and refuses a server that bundle
+    does not vouch for."""
+    import certifi
+
+    from drbook.adapters.azure import AzureClients
+    from drbook.config import AzureConfig
+
+    cfg = AzureConfig(subscription_id=arm.sub, resource_group="rg", location=LOCATION, arm_base_url=arm.base_url,
+                      storage_account="devstoreaccount1", blob_endpoint="https://127.0.0.1:1/devstoreaccount1",
+                      ca_bundle=arm.ca if trusted else certifi.where(), encryption_key="env:UNUSED")
+    clients = AzureClients(cfg)
+    clients.__dict__["credential"] = StaticTokenCredential()
+    if trusted:
+        assert isinstance(list(clients.resource.resource_groups.list()), list)
+    else:
+        with pytest.raises(ServiceRequestError, match="CERTIFICATE_VERIFY_FAILED"):
+            list(clients.resource.resource_groups.list())

@@ -99,7 +99,6 @@ def test_a_plan_drill_recovers_group_by_group_runs_its_scripts_and_reports(prote
     ])
     guest_answers("app01-vm", OK)
     guest_answers("app02-vm", FAILED)  # app02 is optional: reported, and the plan goes on
-    before = len(arm.run_commands())
     result = plan_drill_flow("tiers", site_path=site_path)
 
     assert result["status"] == "succeeded-with-failures", result["why"]
@@ -117,7 +116,9 @@ def test_a_plan_drill_recovers_group_by_group_runs_its_scripts_and_reports(prote
     assert scripts["app02"].status == "failed" and scripts["app02"].error == "exit status 3"
     assert [s.status for s in record.steps if s.kind == "wait"] == ["succeeded"]
     # What drbook sent: the template rendered with each machine's own facts.
-    sent = {c["vmName"]: "\n".join(c["script"]) for c in arm.run_commands()[before:] if "drbook-exit-status" in "\n".join(c["script"])}
+    rg = f"/resourceGroups/{record.resource_group}/".lower()
+    sent = {c["vmName"]: "\n".join(c["script"]) for c in arm.run_commands()
+            if rg in c["vmId"].lower() and "drbook-exit-status" in "\n".join(c["script"])}
     assert set(sent) == {"app01-vm", "app02-vm"}
     for m in ("app01", "app02"):
         assert by_machine[m].ip in sent[f"{m}-vm"] and by_machine[m].point_id in sent[f"{m}-vm"]

@@ -465,3 +465,18 @@ def test_a_mistyped_vault_container_is_refused_by_name_and_never_created(azurite
     site.create_vault().save_item(_item("db01"))
     assert [i.name for i in site.vault.items()] == ["db01"]
 
+
+
+def test_leases_are_taken_together_and_a_held_one_gives_the_others_back(vault):
+    with vault.lease("m3", holder="someone else"):
+        with pytest.raises(LeaseHeldError, match="held by someone else"):
+            with vault.leases(["m1", "m2", "m3", "m4"], holder="a plan"):
+                raise AssertionError("not reached")
+    # Every lock the refused call took was given back: all four can be taken now, then again.
+    with vault.leases(["m1", "m2", "m3", "m4", "m1"], holder="a plan") as held:
+        assert sorted(lease.name for lease in held) == ["m1", "m2", "m3", "m4"]
+        with pytest.raises(LeaseHeldError, match="held by a plan"):
+            with vault.lease("m2", holder="another"):
+                pass
+    with vault.leases(["m1", "m2", "m3", "m4"], holder="again"):
+        pass

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import TypeVar
 
 from azure.core.credentials import TokenCredential
+from azure.core.pipeline.transport import RequestsTransport
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -64,6 +65,9 @@ STORAGE_SKU = "Standard_LRS"
 T = TypeVar("T")
 
 
+HTTP_POOL = 32  # connections to ARM kept open (flows/common.parallel runs up to 16 machines at once)
+
+
 @dataclass
 class AzureClients:
     """The four management clients, built lazily, all pointed at one ARM endpoint."""
@@ -76,7 +80,22 @@ class AzureClients:
             kw["connection_verify"] = str(self.cfg.ca_bundle)
         kw["retry_total"] = SDK_RETRY_TOTAL
         kw["polling_interval"] = POLLING_INTERVAL_S
+        # The transport is given the same TLS settings: it, not the client, verifies the server.
+        kw["transport"] = RequestsTransport(session=self._session, session_owner=False,
+                                            **({"connection_verify": kw["connection_verify"]} if self.cfg.ca_bundle else {}))
         return kw
+
+    @cached_property
+    def _session(self):
+        """One HTTPS connection pool for the four clients, wide enough for a plan group's machines
+        at once (requests keeps 10 connections per host; the 11th thread's would be thrown away
+        after each call, a TLS handshake each time)."""
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        session = requests.Session()
+        session.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=HTTP_POOL))
+        return session
 
     @cached_property
     def credential(self) -> TokenCredential:

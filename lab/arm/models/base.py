@@ -25,7 +25,7 @@ from ..settings import LabSettings
 from ..store import Store
 from . import regions
 
-OPERATION_RETENTION = 3600.0
+OPERATION_RETENTION = 300.0  # a finished operation's status, for pollers (also across a restart)
 
 
 @dataclass(frozen=True)

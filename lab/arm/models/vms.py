@@ -16,6 +16,7 @@ from .base import Base, now_iso
 from .outcomes import Deletion, Operation, Written
 
 NS = "Microsoft.Compute"
+RUN_COMMANDS_KEPT = 500  # the record of what run command was asked (GET /_lab/run-commands): the newest
 POWER_TEXT = {"running": "VM running", "stopped": "VM stopped", "deallocated": "VM deallocated",
               "starting": "VM starting", "stopping": "VM stopping", "deallocating": "VM deallocating"}
 ACTIONS = {  # action: (transitional power state, final power state)
@@ -445,7 +446,9 @@ class VirtualMachinesBackend(Base):
         entry = {"time": now_iso(), "vmId": record["body"]["id"], "vmName": record["body"]["name"],
                  "commandId": command, "script": [str(s) for s in script], "parameters": params,
                  "protectedParameterNames": protected}
-        self.store.data.setdefault("runCommands", []).append(entry)
+        recorded = self.store.data.setdefault("runCommands", [])
+        recorded.append(entry)
+        del recorded[:-RUN_COMMANDS_KEPT]
         output = self.settings.run_command_output(record["body"]["id"], record["body"]["name"])
         op = self.start_op(f"{NS}/virtualMachines/runCommand/action", record["body"]["id"], "vm_run", namespace=NS,
                            location=record["body"]["location"], args=output, record=record)
