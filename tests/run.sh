@@ -12,7 +12,7 @@
 # Exit: 0 when both phases pass, else the first failing phase's pytest code (3: no lab).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-say() { printf 'test: %s\n' "$*" >&2; }
+say() { printf 'test: [%ss] %s\n' "$SECONDS" "$*" >&2; }
 PY=.venv/bin/python
 WORKERS=${DRBOOK_TEST_WORKERS:-2}
 
@@ -39,5 +39,6 @@ one=$?
 say "phase 2: the serial tests, alone (pytest -m serial)"
 $PY -m pytest -m serial "$@"
 two=$?
+say "phase 1 exit $one, phase 2 exit $two"
 if [ "$one" -ne 0 ]; then exit "$one"; fi
 exit "$two"

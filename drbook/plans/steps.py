@@ -50,7 +50,8 @@ class PlanStep(BaseModel):
             return f"pause for a person (done / not done; not done stops the plan): {a.manual}"
         if isinstance(a, WaitAction):
             return f"wait {a.wait:g} seconds"
-        return f"{_RECOVER[direction]}, in parallel: {', '.join(self.machines)}{where}"
+        together = ", in parallel" if len(self.machines) > 1 else ""
+        return f"{_RECOVER[direction]}{together}: {', '.join(self.machines)}{where}"
 
 
 def _action_step(number: int, group: PlanGroup, phase: Phase, action: Action) -> PlanStep:
