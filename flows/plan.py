@@ -124,10 +124,15 @@ def plan_failover_flow(plan: str, point: pointlib.PointChoice | None = None, pla
                        purpose="failover", resource_group=site.cfg.azure.resource_group, started=time.monotonic(),
                        began=utcnow())
         run.open_log()
+        sources = run.log.begin_other(
+            group="sources", kind="sources",
+            label="stop applications, last cycle, shut down; points" if planned else "recovery points")
         try:
             items = _items(site, machines, "failover")  # again under the leases: states may have moved
             run.chosen = _failover_points(site, loaded, items, decision.point, planned)
+            run.log.end(sources, "succeeded")
         except BaseException as exc:
+            run.log.end(sources, "failed", error=f"{type(exc).__name__}: {exc}")
             outcome.update_record(site.vault, run_id, status="failed", finished=utcnow(),
                                   report={"error": f"{type(exc).__name__}: {exc}", "built": "nothing was built in Azure"})
             run.log.update(status="failed", finished=utcnow(), why=f"{type(exc).__name__}: {exc}")

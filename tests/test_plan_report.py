@@ -301,3 +301,14 @@ def test_publish_artifacts(monkeypatch, record: PlanRunRecord) -> None:
     report.publish_artifacts(record, key="Plan_Shop 0B5E-run")
     assert made == [("markdown", report.markdown(record), "plan-shop-0b5e-run"),
                     ("table", report.table_rows(record), "plan-shop-0b5e-run-machines")]
+
+
+def test_a_failovers_sources_step_comes_first_on_the_timeline_with_its_own_legend():
+    run = stopped_run()
+    sources = StepRecord(group="sources", phase="pre", kind="sources", label="stop applications, last cycle, shut down; points",
+                         started=T0, finished=at(20), status="succeeded")
+    run = run.model_copy(update={"steps": [sources, *run.steps]})
+    svg = report.timeline_svg(run, now=NOW)
+    ET.fromstring(svg)
+    assert "sources (stop, last cycle, shut down) and points" in svg
+    assert svg.index("stop applications, last cycle") < svg.index("recover db01")

@@ -11,7 +11,7 @@ from pydantic import Field
 from drbook.models import Doc, utcnow
 from drbook.plans.model import Direction
 
-StepKind = Literal["recover", "script", "manual", "wait"]
+StepKind = Literal["recover", "script", "manual", "wait", "sources"]  # sources: a failover's stop, last cycle, shutdown
 StepStatus = Literal["running", "succeeded", "failed", "not-done", "skipped"]
 MachineStatus = Literal["succeeded", "failed", "not-run"]
 RunStatus = Literal["running", "succeeded", "succeeded-with-failures", "stopped", "rejected", "failed"]

@@ -35,8 +35,8 @@ from drbook.templating import environment as templates
 UTC = dt.timezone.utc
 MIB = 2**20
 
-KIND_COLOURS = {"recover": "#4a6fa5", "script": "#5b9a4f", "manual": "#e3a33b", "wait": "#9aa3ad"}
-KIND_LABELS = {"recover": "recover machine", "script": "script", "manual": "manual action (waiting for a person)",
+KIND_COLOURS = {"sources": "#8e6bb0", "recover": "#4a6fa5", "script": "#5b9a4f", "manual": "#e3a33b", "wait": "#9aa3ad"}
+KIND_LABELS = {"sources": "sources (stop, last cycle, shut down) and points", "recover": "recover machine", "script": "script", "manual": "manual action (waiting for a person)",
                "wait": "wait"}
 BAD = "#b00020"
 STATUS_MARKS = {"failed": ("X", "failed"), "not-done": ("D", "not done"), "running": (">", "still running")}

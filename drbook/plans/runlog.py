@@ -34,6 +34,13 @@ class RunLog:
             self._save()
             return len(self.record.steps) - 1
 
+    def begin_other(self, *, group: str, kind: str, label: str) -> int:
+        """A step that is not one of the plan's (a failover's sources step before the groups)."""
+        with self._lock:
+            self.record.steps.append(StepRecord(group=group, phase="pre", kind=kind, label=label))  # type: ignore[arg-type]
+            self._save()
+            return len(self.record.steps) - 1
+
     def end(self, index: int, status: StepStatus, *, output: str = "", error: str = "") -> None:
         with self._lock:
             s = self.record.steps[index]
