@@ -128,8 +128,8 @@ def plan_failover_flow(plan: str, point: pointlib.PointChoice | None = None, pla
             group="sources", kind="sources",
             label="stop applications, last cycle, shut down; points" if planned else "recovery points")
         try:
-            items = _items(site, machines, "failover")  # again under the leases: states may have moved
-            run.chosen = _failover_points(site, loaded, items, decision.point, planned)
+            run.items = _items(site, machines, "failover")  # again under the leases: states may have moved
+            run.chosen = _failover_points(site, loaded, run.items, decision.point, planned)
             run.log.end(sources, "succeeded")
         except BaseException as exc:
             run.log.end(sources, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -202,6 +202,9 @@ class _PlanRun:
     def rows(self) -> list[MachineResult]:
         return list(self.results.values())
 
+    def group(self, step: PlanStep):  # noqa: ANN201 - a drbook.plans.model.PlanGroup
+        return next(g for g in self.loaded.plan.groups if g.name == step.group)
+
     def open_log(self) -> None:
         plan = self.loaded.plan
         machines = [PlanMachineResult(machine=m.name, group=g.name, critical=g.is_critical(m.name))
@@ -238,7 +241,7 @@ class _PlanRun:
             self.site.cfg, items, {m: self.chosen[m] for m in step.machines}, run_id=self.run_id,
             purpose=self.purpose, resource_group=self.resource_group,  # type: ignore[arg-type]
             sizes=offered_sizes(self.site.azure, self.site.cfg.azure.location), taken=taken)}
-        group = next(g for g in self.loaded.plan.groups if g.name == step.group)
+        group = self.group(step)
         critical = {m: group.is_critical(m) for m in step.machines}
         errors: dict[str, str] = {}
         for failed in parallel(lambda unit: self._recover_unit(step, unit, plans, critical),
@@ -280,7 +283,7 @@ class _PlanRun:
         return {}
 
     def script(self, step: PlanStep, action: ScriptAction) -> decide.StepVerdict:
-        group = next(g for g in self.loaded.plan.groups if g.name == step.group)
+        group = self.group(step)
         critical = {m: action.critical if action.critical is not None else group.is_critical(m) for m in step.machines}
         where = action.where(step.phase)
         targets = [m for m in step.machines if where == "source" or m in self.results]
@@ -411,19 +414,22 @@ def _drill(plan: str, point: str | None, site_path: str | None, *, unattended: b
         azure_tasks.ensure_resource_group(run.sp, run.resource_group, drill_tags(drill))
         run.walk(plan_steps(loaded.plan, "test-failover"))
     except BaseException as exc:
-        # Not a step's failure (those are verdicts): the drill cannot go on; swept, as any failed drill.
+        # Not a step's failure (those are verdicts): the drill cannot go on.
         run.stopped = decide.StepVerdict(go_on=False, why=f"{type(exc).__name__}: {exc}")
-        swept = azure_tasks.sweep_run(run.sp, run.run_id)
-        delete_resource_group(site.azure, run.resource_group)
-        finish_drill(site, drill.drill_id, "failed", {"error": run.stopped.why, "swept": swept, "plan_run": run.run_id})
+        _sweep_failed_drill(run)
         run.log.update(status="failed", finished=utcnow(), why=run.stopped.why)
         raise
     if run.stopped:
-        # A stopped drill is a failed drill: swept, as any failed drill (it then blocks no later one).
-        swept = azure_tasks.sweep_run(run.sp, run.run_id)
-        delete_resource_group(site.azure, run.resource_group)
-        finish_drill(site, drill.drill_id, "failed", {"error": run.stopped.why, "swept": swept, "plan_run": run.run_id})
+        _sweep_failed_drill(run)
     else:
         finish_drill(site, drill.drill_id, "succeeded", {"plan_run": run.run_id,
                                                          "results": [r.model_dump(mode="json") for r in run.rows]})
     return run
+
+
+def _sweep_failed_drill(run: _PlanRun) -> None:
+    """A stopped or broken plan drill is a failed drill: swept, as any failed drill (its record
+    then blocks no later one)."""
+    swept = azure_tasks.sweep_run(run.sp, run.run_id)
+    delete_resource_group(run.site.azure, run.resource_group)
+    finish_drill(run.site, run.drill_id, "failed", {"error": run.stopped.why, "swept": swept, "plan_run": run.run_id})

@@ -229,10 +229,14 @@ def resources_of_site(azure: RecoverySite, site: str) -> list[TaggedResource]:
     return azure.list_tagged(TAG_SITE, site)
 
 
+def _deletion_rank(r: TaggedResource) -> int:
+    kinds = [t.lower() for t in _DELETE_ORDER]
+    return kinds.index(r.type.lower()) if r.type.lower() in kinds else len(kinds)
+
+
 def deletion_order(found: list[TaggedResource]) -> list[TaggedResource]:
     """VMs first, then NICs, public IPs, snapshots and disks; types drbook does not make last."""
-    rank = {t.lower(): i for i, t in enumerate(_DELETE_ORDER)}
-    return sorted(found, key=lambda r: rank.get(r.type.lower(), len(rank)))
+    return sorted(found, key=_deletion_rank)
 
 
 def sweep_run(azure: RecoverySite, run_id: str) -> list[str]:
@@ -242,8 +246,7 @@ def sweep_run(azure: RecoverySite, run_id: str) -> list[str]:
     from itertools import groupby
 
     deleted = []
-    rank = {t.lower(): i for i, t in enumerate(_DELETE_ORDER)}
-    tiers = groupby(deletion_order(resources_of_run(azure, run_id)), key=lambda r: rank.get(r.type.lower(), len(rank)))
+    tiers = groupby(deletion_order(resources_of_run(azure, run_id)), key=_deletion_rank)
     with ThreadPoolExecutor(max_workers=SWEEP_WORKERS) as pool:
         for _, tier in tiers:
             tier = list(tier)
