@@ -47,6 +47,8 @@ DEPLOYMENTS = {
     "test-failover-cleanup": "test-failover-cleanup/test-failover-cleanup",
     "failover": "failover/failover",
     "commit": "commit/commit",
+    "reprotect": "reprotect/reprotect",
+    "failback": "failback/failback",
     "reconcile": "reconcile/reconcile",
     "plan-test-failover": "plan-test-failover/plan-test-failover",
     "plan-failover": "plan-failover/plan-failover",
@@ -68,6 +70,8 @@ FLOWS = {
     "test-failover-cleanup": "drbook.flows.drill.drill_cleanup_flow",
     "failover": "drbook.flows.failover.failover_flow",
     "commit": "drbook.flows.failover.commit_flow",
+    "reprotect": "drbook.flows.reprotect.reprotect_flow",
+    "failback": "drbook.flows.reprotect.failback_flow",
     "reconcile": "drbook.flows.reconcile.reconcile_flow",
     "plan-test-failover": "drbook.flows.plan.plan_drill_flow",
     "plan-failover": "drbook.flows.plan.plan_failover_flow",
@@ -436,17 +440,61 @@ def approve_cmd(run_id: str, reject: bool = typer.Option(False, "--reject"),
 
 @app.command("commit")
 def commit_cmd(machines: list[str], dry_run: bool = typer.Option(False, "--dry-run", help="say what would be deleted"),
+               force: bool = typer.Option(False, "--force", help="commit a failback whose verification did not pass"),
+               reason: Optional[str] = typer.Option(None, "--reason", help="why --force (goes into the audit log)"),
                site: Optional[Path] = SiteOpt, local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
-    """End a failover: delete the other recovery points; state committed."""
-    committed = _stage("commit", {"machines": machines, "dry_run": dry_run}, local=local, no_wait=no_wait,
-                       site=site)
+    """End a failover (delete the other recovery points; state committed) or a failback (delete
+    the failover's Azure VMs, NICs, disks and snapshots)."""
+    from drbook.errors import InvalidParameters
+
+    if force and not (reason or "").strip():
+        raise InvalidParameters("--force needs --reason TEXT: the audit log records why a failback was committed unverified")
+    if reason and not force:
+        raise InvalidParameters("--reason goes with --force")
+    committed = _stage("commit", {"machines": machines, "dry_run": dry_run, "force_reason": reason if force else None},
+                       local=local, no_wait=no_wait, site=site)
     for item, r in committed.items():
         for line in r["actions"]:
             out.print(line)
-        if dry_run:
+        if r.get("failback"):
+            verb = "would commit" if dry_run else "committed"
+            out.print(f"{item}: failback {verb} ({len(r['actions'])} Azure resources"
+                      f"{'' if r.get('verified') else ', forced: ' + str(r.get('forced'))})")
+        elif dry_run:
             out.print(f"{item}: would commit (keep point {r['kept_point']}, delete {len(r['deleted_points'])} others)")
         else:
             out.print(f"{item}: committed (kept point {r['kept_point']}, deleted {len(r['deleted_points'])} others)")
+
+
+@app.command("reprotect")
+def reprotect_cmd(machines: list[str],
+                  target: Optional[str] = typer.Option(None, "--target", help="site config machine to write (another "
+                                                       "VM or a physical server); default: the machine itself"),
+                  as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                  local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
+    """Replicate failed-over machines back on-premises (changed blocks only) while they run in
+    Azure; run again for the next reverse cycle."""
+    rows = _stage("reprotect", {"machines": machines, "target": target}, local=local, no_wait=no_wait, site=site,
+                  bars=True)
+    if as_json:
+        emit_json(rows)
+        return
+    _table("reverse cycle", rows, ["item", "target", "target_kind", "cycle", "bytes_changed", "bytes_moved",
+                                   "seconds", "lag_seconds"])
+
+
+@app.command("failback")
+def failback_cmd(machines: list[str], approval_timeout: int = typer.Option(3600, min=1, help="seconds to wait for approval"),
+                 as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+                 local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
+    """Fail back home after a human approves (`drbook approve RUN_ID` or the Prefect UI)."""
+    rows = _stage("failback", {"machines": machines, "approval_timeout": approval_timeout}, local=local,
+                  no_wait=no_wait, site=site, as_json=as_json,
+                  note="waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`")
+    if as_json:
+        emit_json(rows)
+        return
+    _table("failback", rows, ["item", "target", "final_bytes_moved", "bytes_verified", "verified", "target_state"])
 
 
 @app.command("reconcile")

@@ -119,23 +119,33 @@ def failover_flow(machines: list[str], point: pointlib.PointChoice = pointlib.LA
 
 
 @flow(name="commit", log_prints=True)
-def commit_flow(machines: list[str], dry_run: bool = False, site_path: str | None = None) -> dict:
-    """End a failover: the other recovery points go, the state becomes committed.
+def commit_flow(machines: list[str], dry_run: bool = False, force_reason: str | None = None,
+                site_path: str | None = None) -> dict:
+    """End a failover (the other recovery points go, the state becomes committed) or a failback
+    (the failover's Azure VMs, NICs, disks and snapshots go; refused until verified unless
+    `force_reason` says why, which goes into the audit log).
 
     Args:
-        machines: failed-over items to commit
-        dry_run: only say which points would be deleted
+        machines: failed-over or failed-back items to commit
+        dry_run: only say what would be deleted
+        force_reason: commit a failback whose verification did not pass, for this reason
         site_path: site config YAML; default $DRBOOK_SITE (deployment runs get it from their job variables)
     """
+    from drbook.reprotect.failback import failed_back
+    from drbook.tasks import reprotect as rt
+
     site = open_site(site_path)
     run_id = current_run_id()
-    require_committable(site, machines)
-    results = [commit_one(str(site.path), m, run_id, dry_run) for m in machines]
+    back = failed_back(site, machines)
+    forward = [m for m in machines if m not in back]
+    require_committable(site, forward)
+    results = {m: commit_one(str(site.path), m, run_id, dry_run).model_dump() for m in forward}
+    results |= {m: rt.commit_failback(str(site.path), m, run_id, force_reason, dry_run) for m in back}
     log = get_run_logger()
-    for r in results:
-        for line in r.actions:
+    for r in results.values():
+        for line in r["actions"]:
             log.info(line)
-    return {r.item: r.model_dump() for r in results}
+    return results
 
 
 @task(name="commit-item", **ONCE)

@@ -32,6 +32,11 @@ def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: 
     checks: list[DiskVerification] = [f.result() for f in [azure_tasks.verify_disk.submit(site_path, plan, d.disk) for d in plan.disks]]
     require_verified(checks, plan.machine)
     log.info("%s: %d disks verified against point %s", plan.machine, len(checks), plan.point_id)
+    baselines: dict[str, str] = {}
+    if plan.purpose == "failover":
+        # S0 = the verified point, before anything boots: reprotect's first diff starts here.
+        baselines = {d.disk: azure_tasks.snapshot_baseline(site_path, plan, d.disk, disk_id)
+                     for d, disk_id in zip(plan.disks, disk_ids)}
     nic_id, ip = azure_tasks.create_nic(site_path, plan)
     azure_tasks.create_vm(site_path, plan, disk_ids, nic_id)
     state = azure_tasks.start_vm(site_path, plan)
@@ -43,7 +48,8 @@ def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: 
     output = azure_tasks.run_script(site_path, plan, script)
     return MachineResult(
         item=plan.item, machine=plan.machine, resource_group=plan.resource_group, vm_name=plan.vm_name, size=plan.size,
-        disks=[{"disk": d.disk, "resource_group": plan.resource_group, "name": d.name} for d in plan.disks],
+        disks=[{"disk": d.disk, "resource_group": plan.resource_group, "name": d.name,
+                **({"baseline_snapshot": baselines[d.disk]} if d.disk in baselines else {})} for d in plan.disks],
         nic=plan.nic_name, ip=ip, ip_note=plan.nic.note, point_id=plan.point_id, point_time=plan.point_time,
         consistency=consistency, rpo_seconds=rpo_seconds(plan.point_time, disaster_time),
         rto_seconds=rto,

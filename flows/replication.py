@@ -32,10 +32,16 @@ def enable_one(site_path: str, machine: str, policy: str, group: str | None) -> 
 
     from drbook.mobility import ensure_agent
 
+    from drbook.reprotect.reenable import protect_again, returns_from_failback
+
     site = open_site(site_path)
     cfg = site.machine(machine)
-    ensure_agent(site.vault, cfg)
     t0 = time.monotonic()
+    if returns_from_failback(site, machine):
+        with tracked(f"first cycle of {machine} after failback", artifact_key=f"initial-copy-{machine}") as progress:
+            item, point = protect_again(site, machine, progress=progress)
+        return {**_row(point, time.monotonic() - t0), "state": item.state.value}
+    ensure_agent(site.vault, cfg)
     with tracked(f"initial copy of {machine}", artifact_key=f"initial-copy-{machine}") as progress:
         item = site.engine.enable_replication(cfg, site.cfg.policy(policy), group=group, progress=progress)
     point = site.engine.points.get(machine, item.last_point_id)

@@ -45,6 +45,12 @@ def verify_disk(site_path: str, plan: MachinePlan, disk: str) -> DiskVerificatio
     return build.verify_disk(site.cfg, site.azure, plan, d, manifest)
 
 
+@task(name="snapshot-baseline", **AZURE)
+def snapshot_baseline(site_path: str, plan: MachinePlan, disk: str, disk_id: str) -> str:
+    d = next(x for x in plan.disks if x.disk == disk)
+    return build.take_baseline(open_site(site_path).azure, plan, d, disk_id)
+
+
 @task(name="create-nic", **AZURE)
 def create_nic(site_path: str, plan: MachinePlan) -> tuple[str, str]:
     site = open_site(site_path)

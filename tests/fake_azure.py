@@ -39,6 +39,7 @@ class FakeRecoverySite:
         self.calls: list[str] = []
         self.scripts: list[str] = []
         self.power_after_start = "running"
+        self.disk_bytes: dict[str, bytearray] = {}  # managed disk or snapshot name -> its bytes (VHD data only)
         self._next_ip = 4
 
     # -- helpers for tests
@@ -117,6 +118,48 @@ class FakeRecoverySite:
         self._call(f"revoke_disk_access {name}")
         self._require(rs.MANAGED_DISK, resource_group, name).state.pop("access", None)
 
+    # -- snapshots: bytes kept in disk_bytes; a grant URL is fake://<name>
+    def create_incremental_snapshot(self, resource_group: str, name: str, disk_id: str, location: str,
+                                    tags: dict[str, str]) -> str:
+        self._call(f"create_incremental_snapshot {name}")
+        disk = next((r for r in self.resources.values() if r.id.lower() == disk_id.lower()), None)
+        if disk is None:
+            raise ResourceNotFound(f"disk {disk_id}: not found (ResourceNotFound)")
+        self.disk_bytes[name] = bytearray(self.disk_bytes.get(disk.name, b""))
+        return self.add(rs.SNAPSHOT, resource_group, name, tags, family=disk.id)
+
+    def grant_snapshot_access(self, resource_group: str, name: str, duration_s: int) -> str:
+        self._call(f"grant_snapshot_access {name}")
+        self._require(rs.SNAPSHOT, resource_group, name).state["access"] = "Read"
+        return f"fake://{name}"
+
+    def revoke_snapshot_access(self, resource_group: str, name: str) -> None:
+        self._call(f"revoke_snapshot_access {name}")
+        self._require(rs.SNAPSHOT, resource_group, name).state.pop("access", None)
+
+    def _granted(self, url: str) -> bytearray:
+        name = url.removeprefix("fake://")
+        r = next((r for r in self.resources.values() if r.name == name and r.state.get("access")), None)
+        if r is None:
+            raise AzureError(f"{url}: no active grant (AuthenticationFailed)")
+        return self.disk_bytes[name]
+
+    def page_diff(self, sas_url: str, previous_sas_url: str) -> list[rs.PageRange]:
+        cur, prev = self._granted(sas_url), self._granted(previous_sas_url)
+        ranges: list[rs.PageRange] = []
+        for start in range(0, len(cur), 512):
+            page = bytes(cur[start:start + 512])
+            if page != bytes(prev[start:start + 512]):
+                cleared = not any(page)
+                if ranges and ranges[-1].end + 1 == start and ranges[-1].cleared == cleared:
+                    ranges[-1].end = start + 511
+                else:
+                    ranges.append(rs.PageRange(start=start, end=start + 511, cleared=cleared))
+        return ranges
+
+    def read_range(self, sas_url: str, offset: int, length: int) -> bytes:
+        return bytes(self._granted(sas_url)[offset:offset + length])
+
     # -- NICs and VMs
     def create_nic(self, spec: rs.NicSpec) -> rs.CreatedNic:
         self._call(f"create_nic {spec.name}")
@@ -143,6 +186,10 @@ class FakeRecoverySite:
     def start_vm(self, resource_group: str, vm_name: str) -> None:
         self._call(f"start_vm {vm_name}")
         self._require(rs.VIRTUAL_MACHINE, resource_group, vm_name).state["power"] = self.power_after_start
+
+    def deallocate_vm(self, resource_group: str, vm_name: str) -> None:
+        self._call(f"deallocate_vm {vm_name}")
+        self._require(rs.VIRTUAL_MACHINE, resource_group, vm_name).state["power"] = "deallocated"
 
     def run_shell_script(self, resource_group: str, vm_name: str, script: str) -> str:
         self._call(f"run_shell_script {vm_name}")

@@ -31,6 +31,8 @@ EXPECTED = {
     "test-failover-cleanup/test-failover-cleanup": ("drbook.flows.drill.drill_cleanup_flow", False),
     "failover/failover": ("drbook.flows.failover.failover_flow", False),
     "commit/commit": ("drbook.flows.failover.commit_flow", False),
+    "reprotect/reprotect": ("drbook.flows.reprotect.reprotect_flow", False),
+    "failback/failback": ("drbook.flows.reprotect.failback_flow", False),
     "reconcile/reconcile": ("drbook.flows.reconcile.reconcile_flow", True),
     "plan-test-failover/plan-test-failover": ("drbook.flows.plan.plan_drill_flow", False),
     "plan-failover/plan-failover": ("drbook.flows.plan.plan_failover_flow", False),

@@ -28,7 +28,9 @@ from azure.mgmt.network import models as nm
 from azure.mgmt.resource.resources.models import ResourceGroup
 from azure.mgmt.storage import models as sm
 
-from drbook.adapters.blobstore import azure_credential
+from azure.storage.blob import BlobClient
+
+from drbook.adapters.blobstore import azure_credential, map_blob_errors
 from drbook.adapters.recovery_site import (
     MANAGED_DISK,
     NETWORK_INTERFACE,
@@ -41,6 +43,7 @@ from drbook.adapters.recovery_site import (
     NicSpec,
     NsgRule,
     NsgSpec,
+    PageRange,
     StorageAccount,
     SubnetState,
     TaggedResource,
@@ -260,6 +263,40 @@ class AzureRecoverySite:
         with map_azure_errors(f"revoke access to {name}"):
             self.clients.compute.disks.begin_revoke_access(resource_group, name).result()
 
+    # -- snapshots
+    def create_incremental_snapshot(self, resource_group: str, name: str, disk_id: str, location: str,
+                                    tags: dict[str, str]) -> str:
+        body = cm.Snapshot(location=location, tags=tags, incremental=True,
+                           creation_data=cm.CreationData(create_option="Copy", source_resource_id=disk_id))
+        with map_azure_errors(f"snapshot {name}"):
+            return self.clients.compute.snapshots.begin_create_or_update(resource_group, name, body).result().id
+
+    def grant_snapshot_access(self, resource_group: str, name: str, duration_s: int) -> str:
+        with map_azure_errors(f"grant access to snapshot {name}"):
+            access = self.clients.compute.snapshots.begin_grant_access(
+                resource_group, name, cm.GrantAccessData(access="Read", duration_in_seconds=duration_s)
+            ).result()
+        return access.access_sas
+
+    def revoke_snapshot_access(self, resource_group: str, name: str) -> None:
+        with map_azure_errors(f"revoke access to snapshot {name}"):
+            self.clients.compute.snapshots.begin_revoke_access(resource_group, name).result()
+
+    def _sas_blob(self, sas_url: str) -> BlobClient:
+        verify = str(self.cfg.ca_bundle) if self.cfg.ca_bundle else True
+        return BlobClient.from_blob_url(sas_url, connection_verify=verify)
+
+    def page_diff(self, sas_url: str, previous_sas_url: str) -> list[PageRange]:
+        with map_blob_errors("page ranges of a snapshot"), self._sas_blob(sas_url) as blob:
+            pages, cleared = blob.get_page_range_diff_for_managed_disk(previous_sas_url)
+        ranges = [PageRange(start=r["start"], end=r["end"]) for r in pages]
+        ranges += [PageRange(start=r["start"], end=r["end"], cleared=True) for r in cleared]
+        return sorted(ranges, key=lambda r: r.start)
+
+    def read_range(self, sas_url: str, offset: int, length: int) -> bytes:
+        with map_blob_errors("read a granted disk"), self._sas_blob(sas_url) as blob:
+            return blob.download_blob(offset=offset, length=length).readall()
+
     # -- NICs and VMs
     def create_nic(self, spec: NicSpec) -> CreatedNic:
         ipcfg = nm.NetworkInterfaceIPConfiguration(
@@ -303,6 +340,10 @@ class AzureRecoverySite:
     def start_vm(self, resource_group: str, vm_name: str) -> None:
         with map_azure_errors(f"start VM {vm_name}"):
             self.clients.compute.virtual_machines.begin_start(resource_group, vm_name).result()
+
+    def deallocate_vm(self, resource_group: str, vm_name: str) -> None:
+        with map_azure_errors(f"deallocate VM {vm_name}"):
+            self.clients.compute.virtual_machines.begin_deallocate(resource_group, vm_name).result()
 
     def run_shell_script(self, resource_group: str, vm_name: str, script: str) -> str:
         with map_azure_errors(f"run command on {vm_name}"):

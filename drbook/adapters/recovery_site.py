@@ -55,6 +55,15 @@ class DiskImport(BaseModel):
     sku: str = "Premium_LRS"
 
 
+class PageRange(BaseModel):
+    """Bytes [start, end] (end inclusive, 512-aligned as Azure reports) that differ between two
+    snapshots of one disk; `cleared`: they now read as zeros (Azure's ClearRange)."""
+
+    start: int
+    end: int
+    cleared: bool = False
+
+
 class NicSpec(BaseModel):
     resource_group: str
     name: str
@@ -156,6 +165,23 @@ class RecoverySite(Protocol):
 
     def revoke_disk_access(self, resource_group: str, name: str) -> None: ...
 
+    # -- snapshots (reprotect reads a running VM's disks through them)
+    def create_incremental_snapshot(self, resource_group: str, name: str, disk_id: str, location: str,
+                                    tags: dict[str, str]) -> str:
+        """An incremental snapshot of the managed disk `disk_id` (allowed while its VM runs); its id."""
+
+    def grant_snapshot_access(self, resource_group: str, name: str, duration_s: int) -> str:
+        """A read-only SAS URL to the snapshot's bytes."""
+
+    def revoke_snapshot_access(self, resource_group: str, name: str) -> None: ...
+
+    def page_diff(self, sas_url: str, previous_sas_url: str) -> list[PageRange]:
+        """What changed from the previous snapshot to this one (two granted incremental
+        snapshots of the same disk), in order: Get Page Ranges with x-ms-previous-snapshot-url."""
+
+    def read_range(self, sas_url: str, offset: int, length: int) -> bytes:
+        """Bytes of a granted disk or snapshot."""
+
     # -- NICs and VMs
     def create_nic(self, spec: NicSpec) -> CreatedNic: ...
 
@@ -169,6 +195,9 @@ class RecoverySite(Protocol):
         """running, stopped, deallocated, ... or unknown."""
 
     def start_vm(self, resource_group: str, vm_name: str) -> None: ...
+
+    def deallocate_vm(self, resource_group: str, vm_name: str) -> None:
+        """Power off and release the VM's compute (its disks become readable through grant access)."""
 
     def run_shell_script(self, resource_group: str, vm_name: str, script: str) -> str:
         """Run a shell script in the guest (Run Command); its output."""

@@ -174,6 +174,17 @@ def require_verified(results: list[DiskVerification], machine: str) -> None:
         raise VerificationError(f"{machine}: the disks in Azure do not match the recovery point: {detail}")
 
 
+def take_baseline(azure: RecoverySite, plan: MachinePlan, disk: DiskPlan, disk_id: str) -> str:
+    """S0: an incremental snapshot of a verified disk before its VM boots, so a later
+    reprotect reads only what changed in Azure since the failover point (its name)."""
+    from drbook.reprotect.model import BASELINE_PURPOSE, ITEM_TAG, PURPOSE_TAG
+
+    name = f"{disk.name}-s0"[:80]
+    tags = {**plan.tags, PURPOSE_TAG: BASELINE_PURPOSE, ITEM_TAG: plan.item}
+    azure.create_incremental_snapshot(plan.resource_group, name, disk_id, plan.location, tags)
+    return name
+
+
 # -- network and VM --------------------------------------------------------------------------
 def create_nic(site: SiteConfig, azure: RecoverySite, plan: MachinePlan) -> tuple[str, str]:
     subnet_id = _id(site, plan.network_resource_group, "Microsoft.Network/virtualNetworks",

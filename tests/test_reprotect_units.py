@@ -1,0 +1,91 @@
+"""Reprotect's pure parts: which blocks move back, in what reads, and what is refused before
+anything moves (the whole flow runs end to end in tests/test_e2e_reprotect.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from drbook.adapters.recovery_site import PageRange
+from drbook.config import DiskConfig, MachineConfig
+from drbook.errors import PreflightError, StateTransitionError
+from drbook.models import AzureVmRef, ItemState, ProtectedDisk, ProtectedItem
+from drbook.reprotect import blocks as blk
+from drbook.reprotect.start import check_sizes, choose_target, new_record, target_kind
+
+BS = 64 * 1024
+
+
+def test_a_range_touches_every_block_it_overlaps_and_nothing_past_the_disk():
+    ranges = [PageRange(start=0, end=511), PageRange(start=BS - 512, end=BS + 511),
+              PageRange(start=10 * BS, end=20 * BS)]
+    assert blk.blocks_of_ranges(ranges, BS, 4 * BS) == {0, 1}
+    assert blk.changed_bytes(ranges, 4 * BS) == 512 + 1024
+
+
+def test_a_reversed_range_is_refused():
+    with pytest.raises(ValueError):
+        blk.blocks_of_ranges([PageRange(start=1024, end=0)], BS, 4 * BS)
+
+
+@given(st.sets(st.integers(0, 300), max_size=80))
+@settings(max_examples=100, deadline=None)
+def test_ranges_round_trip_and_reads_cover_exactly_the_blocks(blocks):
+    disk = 301 * BS - 4096  # a short last block
+    assert blk.from_ranges(blk.to_ranges(blocks)) == blocks
+    covered = set()
+    for offset, length in blk.reads(blocks, BS, disk, max_read=4 * BS):
+        assert offset % BS == 0 and 0 < length <= 4 * BS and offset + length <= disk
+        covered |= set(range(offset // BS, -(-(offset + length) // BS)))
+    assert covered == blocks
+
+
+def _item(state=ItemState.COMMITTED, **kw) -> ProtectedItem:
+    disks = [ProtectedDisk(name="disk0", path="/d0", size_bytes=8 * BS), ProtectedDisk(name="disk1", path="/d1",
+                                                                                       size_bytes=4 * BS)]
+    vm = AzureVmRef(machine="app01", resource_group="rg", vm_name="app01-vm",
+                    disks=[{"disk": "disk0", "resource_group": "rg", "name": "app01-disk0", "baseline_snapshot": "s0a"},
+                           {"disk": "disk1", "resource_group": "rg", "name": "app01-disk1"}])
+    return ProtectedItem(name="app01", machine="app01", state=state, disks=disks, failover_run_id="run1",
+                         failover_point_id="pt1", azure_vms=[vm], **kw)
+
+
+def _machine(name: str, sizes: list[int | None], vm: str | None = "vm") -> MachineConfig:
+    return MachineConfig(name=name, vm_name=vm, address="127.0.0.1",
+                         disks=[DiskConfig(name=f"disk{i}", path=f"/{name}/d{i}", size_bytes=s) for i, s in enumerate(sizes)])
+
+
+def test_the_record_keeps_each_disks_baseline_and_its_targets_path():
+    record = new_record(_item(), _machine("app01", [None, None]), disk_ids={"disk0": "id0", "disk1": "id1"},
+                        location="westeurope", run_id="r")
+    assert record.target_kind == "original"
+    assert [(d.disk, d.baseline, d.baseline_is_point, d.target_path) for d in record.disks] == [
+        ("disk0", "s0a", True, "/app01/d0"), ("disk1", None, False, "/app01/d1")]
+
+
+@pytest.mark.parametrize("state", [ItemState.PROTECTED, ItemState.FAILED_OVER, ItemState.REPROTECTED])
+def test_reprotect_needs_a_committed_failover(state):
+    with pytest.raises(StateTransitionError, match="reprotect needs committed"):
+        new_record(_item(state), _machine("app01", [None, None]), disk_ids={}, location="x", run_id="r")
+
+
+def test_a_smaller_or_missing_target_disk_is_refused_before_anything_moves():
+    with pytest.raises(PreflightError, match="smaller than disk1"):
+        check_sizes(_item(), _machine("spare", [8 * BS, 4 * BS - 512]))
+    with pytest.raises(PreflightError, match="has 1 disks"):
+        check_sizes(_item(), _machine("spare", [8 * BS]))
+    check_sizes(_item(), _machine("spare", [8 * BS, 4 * BS]))
+
+
+def test_targets_kind_and_a_protected_machine_is_not_a_target():
+    class Cfg:
+        machines = [_machine("app01", [None]), _machine("spare", [None]), _machine("phys", [None], vm=None),
+                    _machine("db01", [None])]
+    item = _item()
+    assert target_kind(item, choose_target(Cfg, item, None, {})) == "original"
+    assert target_kind(item, choose_target(Cfg, item, "spare", {})) == "alternate"
+    assert target_kind(item, choose_target(Cfg, item, "phys", {})) == "physical"
+    with pytest.raises(PreflightError, match="no machine 'nope'"):
+        choose_target(Cfg, item, "nope", {})
+    with pytest.raises(PreflightError, match="db01 is a protected machine"):
+        choose_target(Cfg, item, "db01", {"db01": ProtectedItem(name="db01", machine="db01", state=ItemState.PROTECTED)})
