@@ -445,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--min-write", type=int, default=MIN_WRITE)
     run.add_argument("--max-write", type=int, default=MAX_WRITE)
+    run.add_argument("--max-writes", type=int, default=None, help="stop after this many writes (besides --seconds)")
     p = sub.add_parser("pause", help="pause the writer (the crash-consistency freeze hook)")
     p.add_argument("--control", type=Path, required=True)
     p.add_argument("--timeout", type=float, default=30.0)
@@ -465,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                 if isinstance(d, BlobDisk):
                     d.ca_bundle, d.account_key = args.ca_bundle, key
             writer = Writer(args.disks, args.log, args.control, args.rate, args.seconds, args.seed,
-                            args.min_write, args.max_write)
+                            args.min_write, args.max_write, max_writes=args.max_writes)
 
             def _stop(signum, frame):  # noqa: ANN001
                 writer.stopping = True

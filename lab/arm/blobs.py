@@ -3,7 +3,8 @@
 Each disk and snapshot owns one blob (``disks/<uniqueId>.vhd``, ``snapshots/<uniqueId>.vhd``)
 holding the VHD as Azure exports it: the disk's bytes followed by a fixed-VHD footer.
 Grant access makes a blob snapshot and signs a read SAS for it; revoke deletes that snapshot,
-so a revoked URL stops working as it does in Azure.
+so a revoked URL stops working as it does in Azure. (A snapshot's Read grant hands out a URL of
+the emulator's blob front instead, front.py, which reads through this SAS.)
 """
 
 from __future__ import annotations
@@ -171,6 +172,13 @@ class DiskBlobs:
                                 permission=BlobSasPermissions(read=True, write=True), expiry=expiry,
                                 protocol="https")
         return f"{client.url}?{sas}", None
+
+    def sas_url(self, name: str, seconds: int = 3600) -> str:
+        """A read/write SAS URL for a blob's current bytes (the front passes guest I/O through it)."""
+        expiry = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+        sas = generate_blob_sas(self.account, CONTAINER, name, account_key=self.key,
+                                permission=BlobSasPermissions(read=True, write=True), expiry=expiry, protocol="https")
+        return f"{self.endpoint}/{CONTAINER}/{quote(name)}?{sas}"
 
     def revoke(self, name: str, snapshot: str | None) -> None:
         if snapshot:

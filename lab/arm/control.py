@@ -89,6 +89,12 @@ class ArmLabControl:
         """Back to the default answer for one VM (name or id) or, without `vm`, the all-VMs answer."""
         self._call("POST", "run-command-output", {"vm": vm, "clear": True})
 
+    def guest_disks(self, vm_id: str) -> list[dict[str, Any]]:
+        """The VM's disks as its guest sees them, OS disk first, then data disks by LUN: `lun` (None for
+        the OS disk), `name`, `id`, `url` (a SAS-style URL: reads, and Put Page while the VM runs; a
+        secret, never print it) and `size` (bytes, without the VHD footer)."""
+        return self._call("POST", "guest-disks", {"vm": vm_id})["disks"]
+
     def run_commands(self) -> list[dict[str, Any]]:
         """Every run command asked for: vmId, vmName, commandId, script, parameters, time."""
         return self._call("GET", "run-commands")["value"]

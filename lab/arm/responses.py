@@ -21,6 +21,7 @@ from .exceptions import ArmError
 from .models import ArmBackend
 from .models.disks import DiskPlan
 from .models.outcomes import Deletion, Operation, Written
+from .models.vms import power_lock
 from .settings import retry_headers
 
 
@@ -147,6 +148,18 @@ def in_txn(b: ArmBackend, fn: Callable[[], Response]) -> Response:
         return fn()
 
 
+def vm_locked(fn: Callable[[ArmBackend, Request], Response]) -> Callable[[ArmBackend, Request], Response]:
+    """A change to a VM: under the VM's power lock (models/vms.py), then the store's lock."""
+    def run(b: ArmBackend, r: Request) -> Response:
+        p = r.params
+        with power_lock(f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}/providers/Microsoft.Compute/"
+                        f"virtualMachines/{p['name']}"):
+            return locked(fn)(b, r)
+
+    run.__name__ = fn.__name__
+    return run
+
+
 P = Callable[[ArmBackend, Request], Response]
 
 # == Microsoft.Resources ======================================================================
@@ -265,7 +278,7 @@ def _grant(kind: str) -> P:
             with b.store.txn():
                 b.grant_abort(plan)
             raise
-        return in_txn(b, lambda: accepted(r, b.grant_commit(kind, plan)))
+        return in_txn(b, lambda: accepted(r, b.grant_commit(kind, plan, r.base_url)))
 
     return run
 
@@ -292,7 +305,7 @@ def _kind(kind: str, method: str) -> P:
 # == Microsoft.Compute: virtual machines and sizes ============================================
 
 
-@locked
+@vm_locked
 def vm_put(b, r):
     return written(r, b.put_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json()))
 
@@ -302,12 +315,12 @@ def vm_get(b, r):
     return ok(b.get_vm(r.params["sub"], r.params["rg"], r.params["name"], r.q("$expand")))
 
 
-@locked
+@vm_locked
 def vm_patch(b, r):
     return written(r, b.patch_vm(r.params["sub"], r.params["rg"], r.params["name"], r.json()))
 
 
-@locked
+@vm_locked
 def vm_delete(b, r):
     return deleted(r, b.delete_vm(r.params["sub"], r.params["rg"], r.params["name"]))
 
@@ -328,7 +341,7 @@ def vm_available_sizes(b, r):
 
 
 def _vm_action(action: str) -> P:
-    @locked
+    @vm_locked
     def run(b, r):
         return accepted(r, b.vm_action(action, r.params["sub"], r.params["rg"], r.params["name"]))
 
@@ -490,6 +503,12 @@ def lab_run_commands(b: ArmBackend, r: Request) -> Response:
             b.store.data["runCommands"] = []
             b.store.touch()
         return Response(200, encode({"value": b.store.data.get("runCommands", [])}))
+
+
+def lab_guest_disks(b: ArmBackend, r: Request) -> Response:
+    with b.store.txn():
+        b.settle()
+        return Response(200, encode({"disks": b.guest_disks(str(r.json().get("vm") or ""), r.base_url)}))
 
 
 def new_request_id() -> str:

@@ -2,7 +2,8 @@
 
 Transport as ARM does it: TLS (the lab CA's server certificate), a bearer token on every
 request (401 without one), ``api-version`` on every request (400 without a known one),
-``{"error": {"code", "message"}}`` bodies. ``/_lab/*`` are the lab's own control endpoints.
+``{"error": {"code", "message"}}`` bodies. ``/_lab/*`` are the lab's own control endpoints;
+``/mdlab/*`` is the managed-disk blob front (front.py), which follows Storage's rules instead.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import apiversions, urls
 from .exceptions import ArmError
+from .front import Front
+from .models.grants import PREFIX as FRONT_PREFIX
 from .models import ArmBackend, ArmConfig
 from .responses import Request, Response, encode, error_response
 
@@ -94,6 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 300  # idle keep-alive connections
 
     def _handle(self) -> None:
+        if self.path.startswith(FRONT_PREFIX):  # the managed-disk blob front: SAS, not ARM, rules
+            self.server.front.handle(self)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
@@ -124,9 +130,10 @@ class _TLSServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address, ssl_context: ssl.SSLContext, backend: ArmBackend) -> None:
+    def __init__(self, address, ssl_context: ssl.SSLContext, backend: ArmBackend, front: Front) -> None:
         self.ssl_context = ssl_context
         self.backend = backend
+        self.front = front
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -193,7 +200,8 @@ class ArmServer:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.cert, self.key)
         self.backend = ArmBackend(self.config)
-        self._server = _TLSServer((self.host, self.port), ctx, self.backend)
+        front = Front(self.backend, self.config.ca_bundle)
+        self._server = _TLSServer((self.host, self.port), ctx, self.backend, front)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="arm-server",
                                         kwargs={"poll_interval": 0.2}, daemon=True)

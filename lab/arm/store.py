@@ -8,6 +8,8 @@ Layout (also the JSON file's layout)::
     settings             what the lab asked for: operation durations, faults, run-command output
     snapshotFamilies     incremental-snapshot families, keyed by the source disk's uniqueId:
                          the next sequence number and recent creation times (models/disks.py)
+    grants               the blob front's URLs (snapshot Read grants, guest disks), keyed by grant
+                         id: what each reaches and the hash of its signature (models/grants.py)
 
 Every change is written to ``state.json`` (temp file + rename) before the request that made it
 is answered, so a restart loses nothing. Concurrent requests share one write (group commit).
@@ -30,7 +32,7 @@ FORMAT = 1
 
 def empty_state() -> dict[str, Any]:
     return {"format": FORMAT, "subscriptions": {}, "operations": {}, "runCommands": [], "settings": {},
-            "snapshotFamilies": {}}
+            "snapshotFamilies": {}, "grants": {}}
 
 
 class Persister:
@@ -156,6 +158,10 @@ class Store:
     @property
     def snapshot_families(self) -> dict[str, Any]:
         return self.data.setdefault("snapshotFamilies", {})
+
+    @property
+    def grants(self) -> dict[str, Any]:
+        return self.data.setdefault("grants", {})
 
     def subscription(self, sub: str, create: bool = False) -> dict[str, Any] | None:
         entry = self.subscriptions.get(sub.lower())

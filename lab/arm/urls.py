@@ -160,6 +160,7 @@ LAB_ROUTES: dict[tuple[str, str], Callable] = {
     ("POST", "/_lab/run-command-output"): h.lab_run_command_output,
     ("GET", "/_lab/run-commands"): h.lab_run_commands,
     ("DELETE", "/_lab/run-commands"): h.lab_run_commands,
+    ("POST", "/_lab/guest-disks"): h.lab_guest_disks,
 }
 
 

@@ -14,6 +14,7 @@ from ..settings import LabSettings
 from ..store import Store
 from .base import ArmConfig
 from .disks import DisksBackend
+from .grants import GrantsBackend
 from .network import NetworkBackend
 from .resources import ResourcesBackend
 from .sizes import SizesBackend
@@ -23,8 +24,8 @@ from .vms import VirtualMachinesBackend
 __all__ = ["ArmBackend", "ArmConfig"]
 
 
-class ArmBackend(VirtualMachinesBackend, DisksBackend, SizesBackend, NetworkBackend, StorageBackend,
-                 ResourcesBackend):
+class ArmBackend(VirtualMachinesBackend, DisksBackend, GrantsBackend, SizesBackend, NetworkBackend,
+                 StorageBackend, ResourcesBackend):
     def __init__(self, config: ArmConfig, store: Store | None = None) -> None:
         store = store or Store(config.state_dir)
         blobs = DiskBlobs(config.blob_endpoint, config.blob_account, config.blob_key, config.ca_bundle)
@@ -41,6 +42,7 @@ class ArmBackend(VirtualMachinesBackend, DisksBackend, SizesBackend, NetworkBack
         elif kind in ("Microsoft.Compute/disks", "Microsoft.Compute/snapshots"):
             self.disk_release(record)
         self.network_release(record)
+        self.drop_grants(record["body"]["id"])
 
     def reset(self) -> None:
         self.store.reset()

@@ -10,7 +10,9 @@ of the disk's page blob like any snapshot; what makes them incremental is their 
 source disk's uniqueId, recorded with a sequence number that orders the family's snapshots as
 their bytes were copied (one copy at a time per family), and Azure's per-disk limits (at most
 ``maxPerDisk`` at any time, at most ``maxPerWindow`` created within ``windowSeconds``; see
-settings.py). Families live in ``store.snapshot_families``, so they survive a restart.
+settings.py). Families live in ``store.snapshot_families``, so they survive a restart. A
+snapshot's Read grant is a URL of the blob front (grants.py, front.py), which answers the
+page-range diff between two snapshots of a family.
 """
 
 from __future__ import annotations
@@ -433,15 +435,18 @@ class DisksBackend(Base):
             record["lab"].pop("granting", None)
             self.store.touch()
 
-    def grant_commit(self, kind: str, plan: GrantPlan) -> Operation:
+    def grant_commit(self, kind: str, plan: GrantPlan, base_url: str) -> Operation:
         record = self.get(plan.rid)
         if record is None:
             self.store.defer(lambda: self.blobs.revoke(plan.blob, plan.snapshot))
             raise NotFound(f"'{plan.rid.name}' was deleted while access was being granted.", code="NotFound")
         record["lab"].pop("granting", None)
-        record["lab"].update({"materialized": True, "sas": {"snapshot": plan.snapshot, "access": plan.access}})
+        sas, url = {"snapshot": plan.snapshot, "access": plan.access}, plan.url
+        if kind == "snapshots" and plan.access == "Read":  # served by the blob front (front.py), which diffs
+            sas["grant"], url = self.mint_read_grant(record, plan.url, plan.seconds, base_url)
+        record["lab"].update({"materialized": True, "sas": sas})
         op = self.start_op(f"{NS}/{kind}/beginGetAccess/action", record["body"]["id"], "disk_grant", namespace=NS,
-                           location=record["body"]["location"], args={"url": plan.url}, record=record)
+                           location=record["body"]["location"], args={"url": url}, record=record)
         self.save(record)
         return op
 
@@ -455,6 +460,7 @@ class DisksBackend(Base):
         record = self.get(resource_id)
         if record and record["lab"].get("sas"):
             sas = record["lab"].pop("sas")
+            self.drop_grants(resource_id, kind="read")
             blob = record["lab"]["blob"]
             self.store.defer(lambda: self.blobs.revoke(blob, sas.get("snapshot")))
             self.store.touch()

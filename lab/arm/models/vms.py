@@ -5,6 +5,7 @@ instance view, power operations (start, powerOff, deallocate, restart), delete, 
 from __future__ import annotations
 
 import random
+import threading
 import time
 import uuid
 from typing import Any
@@ -25,6 +26,18 @@ ACTIONS = {  # action: (transitional power state, final power state)
     "deallocate": ("deallocating", "deallocated"),
     "restart": ("starting", "running"),
 }
+
+# A guest write through the blob front (front.py) holds its VM's lock from its power check to the
+# end of the write, and every change to the VM (power actions, which take it out of "running";
+# update; delete) holds it too, so no write lands after the VM left "running". Always taken
+# before the store's lock, never while holding it (responses.py), so the two cannot deadlock.
+_power_locks: dict[str, threading.Lock] = {}
+_power_locks_guard = threading.Lock()
+
+
+def power_lock(vm_id: str) -> threading.Lock:
+    with _power_locks_guard:
+        return _power_locks.setdefault(vm_id.rstrip("/").lower(), threading.Lock())
 
 
 def _mac() -> str:
@@ -361,6 +374,7 @@ class VirtualMachinesBackend(Base):
 
     # -- actions -----------------------------------------------------------------------------------
     def vm_action(self, action: str, sub: str, rg: str, name: str) -> Operation:
+        """Callers hold power_lock() of the VM: this is where its power leaves "running"."""
         self.writable_rg(sub, rg)
         record = self._vm_record(sub, rg, name)
         self.busy(record)
