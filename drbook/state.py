@@ -75,7 +75,7 @@ ACTIONS: dict[str, frozenset[ItemState]] = {
     "failover": frozenset({S.PROTECTED}),
     "change-recovery-point": frozenset({S.FAILED_OVER}),
     "rollback-failover": frozenset({S.FAILED_OVER}),
-    "commit": frozenset({S.FAILED_OVER}),
+    "commit": frozenset({S.FAILED_OVER, S.FAILED_BACK}),  # a failover's commit, or a failback's
     "reprotect": frozenset({S.COMMITTED}),
     "abandon-reprotect": frozenset({S.REPROTECTING}),
     "reverse-replicate": frozenset({S.REPROTECTING, S.REPROTECTED}),
@@ -136,7 +136,7 @@ def check_transition(item_name: str, current: ItemState | str, target: ItemState
 
 def require_state(item: HasState, states: Iterable[ItemState | str], *, action: str) -> None:
     """Refuse `action` unless the item is in one of `states`:
-    "cannot commit db01: it is protected; commit needs failed-over"."""
+    "cannot commit db01: it is protected; commit needs one of failed-over or failed-back"."""
     wanted = {ItemState(s) for s in states}
     if ItemState(item.state) in wanted:
         return

@@ -35,7 +35,7 @@ STAGES: list[dict] = []
 RUNS: list[tuple[str, str]] = []  # (what, UI URL) of every run the demo started
 # Commands that start a run of a deployment (the others read the vault or answer approvals).
 STAGE_COMMANDS = {"discover", "push-mobility", "protect", "replicate", "verify", "retention", "prepare-azure",
-                  "test-failover", "test-failover-cleanup", "failover", "commit", "reconcile"}
+                  "test-failover", "test-failover-cleanup", "failover", "commit", "reconcile", "reprotect", "failback"}
 MODE: list[str] = []  # ["--local"] when the lab has no deployments
 
 
@@ -186,6 +186,8 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         drbook("commit", "db01", "app01", "app02")
         drbook("items")
 
+    _round_trip(lab, "db01")
+
     for m in status["machines"]:
         writer(lab, m["name"]).stop()
     summary = Table(title="drbook demo: the lifecycle on the lab")
@@ -201,6 +203,55 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         for what, url in RUNS:
             runs_table.add_row(what, url)
         console.print(runs_table, soft_wrap=True)
+
+
+def _round_trip(lab, machine: str) -> None:  # noqa: ANN001 - lab.control.Lab
+    """Home again: the guest writes in Azure, reprotect (changed blocks only) while it runs,
+    a failback approved with `drbook approve`, its commit, and protection again with a delta."""
+    import json
+
+    from drbook.site import open_site
+    from lab.workload_control import azure_control_dir, start_azure_workload, stop_writer
+
+    site = open_site(os.environ["DRBOOK_SITE"])
+    ref = site.vault.item(machine).azure_vms[0]
+    vm_id = (f"/subscriptions/{site.cfg.azure.subscription_id}/resourceGroups/{ref.resource_group}"
+             f"/providers/Microsoft.Compute/virtualMachines/{ref.vm_name}")
+    with stage(f"guest writes in Azure ({machine})"):
+        message, _ = start_azure_workload(lab, machine, vm_id, rate=1, seconds=900, seed=9)
+        console.print(message)
+        time.sleep(3)
+    with stage("reprotect (changed blocks only, the VM running)") as row:
+        cycles = [json.loads(drbook("reprotect", machine, "--json").stdout)[0] for _ in range(2)]
+        for c in cycles:
+            console.print(f"reverse cycle {c['cycle']}: {c['bytes_changed'] / 2**20:.2f} MiB changed in Azure, "
+                          f"{c['bytes_moved'] / 2**20:.2f} MiB moved back, {c['seconds']:.1f} s")
+        row["verified"] = f"{sum(c['bytes_moved'] for c in cycles) / 2**20:.1f} MiB moved"
+    with stage("failback, approved") as row:
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(
+            proc=drbook("failback", machine, "--json", "--approval-timeout", "300", check=False)))
+        runner.start()
+        run_id, _ = _wait_for_approval("failback")
+        drbook("approve", run_id, "--comment", "demo: the data center is back")
+        runner.join()
+        console.print(stop_writer(azure_control_dir(lab, machine)))
+        if result["proc"].returncode != 0:
+            raise SystemExit(f"demo: the failback failed (exit {result['proc'].returncode})")
+        [back] = json.loads(result["proc"].stdout)
+        console.print(f"{machine}: {back['target_state']}; every disk equals the Azure disk at shutdown "
+                      f"({back['bytes_verified'] / 2**20:.0f} MiB verified); {back['health']}")
+        row["verified"] = f"{back['bytes_verified'] / 2**20:.0f} MiB"
+    with stage("commit the failback"):
+        drbook("commit", machine)
+    with stage("protect again (a delta against the replica)") as row:
+        drbook("protect", machine)
+        drbook("items")
+        newest = max(site.engine.points.points(machine), key=lambda p: p.time)
+        sent = sum(d.bytes_sent for d in newest.disks)
+        size = sum(d.size_bytes for d in newest.disks)
+        console.print(f"{machine}: the first cycle after failback sent {sent / 2**20:.2f} MiB of {size / 2**20:.0f} MiB")
+        row["verified"] = f"{sent / 2**20:.2f} MiB sent"
 
 
 def _choose_mode() -> None:

@@ -138,3 +138,31 @@ def point_problems(site, item: str, point, expected) -> tuple[list[str], list[st
         elif raw[:d.size_bytes] != expected(d.disk):
             mismatched.append(f"{point.id} {d.disk}: not the disk at its freeze instant")
     return torn, mismatched
+
+
+def start_azure_writer(lab: dict, arm, machine: str, vm_id: str, initial: dict[str, bytes], tmp: Path, *,  # noqa: ANN001
+                       rate: float = 2.0, seconds: float = 300, seed: int = 5) -> Writer:
+    """The guest of a failed-over VM writing its disks (the lab's guest-disk URLs: refused once
+    the VM stops running), with `initial` (what each disk held at the failover point) kept so
+    that `expected` is the disk's true content at any seq."""
+    m = next(x for x in lab["machines"] if x["name"] == machine)
+    guest = arm.guest_disks(vm_id)
+    names = [d["name"] for d in m["disks"]]
+    assert len(guest) == len(names), f"{vm_id} has {len(guest)} disks, {machine} {len(names)}"
+    control = tmp / f"{machine}-azure-control-{uuid.uuid4().hex[:6]}"
+    control.mkdir(parents=True)
+    log = tmp / f"{machine}-azure-{uuid.uuid4().hex[:6]}.jsonl"
+    argv = [sys.executable, "-m", "lab.workload", "run", "--log", str(log), "--control", str(control),
+            "--rate", str(rate), "--seconds", str(seconds), "--seed", str(seed), "--ca-bundle", lab["ca_bundle"]]
+    for name, disk in zip(names, guest):
+        url_file = control / f"{name}.url"
+        url_file.write_text(disk["url"])
+        url_file.chmod(0o600)
+        argv += ["--azure-disk", f"{name}=@{url_file}"]
+    proc = subprocess.Popen(argv)
+    deadline = time.monotonic() + 20
+    while not (control / "running").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Azure workload writer of {machine} did not start")
+        time.sleep(0.02)
+    return Writer(machine, log, control, initial, proc)

@@ -92,7 +92,7 @@ def test_protect_the_lab_machines(site, site_path):
 
 def test_commit_before_failover_is_refused(site_path, site):
     before = site.vault.item("db01")
-    with pytest.raises(StateTransitionError, match="cannot commit db01: it is protected; commit needs failed-over"):
+    with pytest.raises(StateTransitionError, match="cannot commit db01: it is protected; commit needs one of failed-over or failed-back"):
         commit_flow(["db01"], site_path=site_path)
     assert site.vault.item("db01") == before
 

@@ -6,6 +6,7 @@ a manifest: its drift) and an apply stream (positioned writes, fsync, a report p
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import threading
 from collections.abc import Callable, Iterator
@@ -110,16 +111,18 @@ class ApplySession:
         self._send(wire.encode_apply_header({"disks": [{"name": d.name, "path": d.path, "size": d.size} for d in disks]}))
 
     def _read(self) -> None:
+        # Apply mode's frames are JSON reports of their own (not a scan's: parse_json checks those).
         try:
-            for kind, payload in p.FrameReader(self.proc.stdout):
+            for kind, payload in p.FrameReader(self.proc.stdout, max_payload=p.MAX_JSON):
+                doc = json.loads(payload) if kind in p.JSON_FRAMES else {}
+                if not isinstance(doc, dict):
+                    raise ProtocolError(f"apply frame {p.frame_name(kind)} is not a JSON object")
                 if kind == p.DISK_END:
-                    doc = p.parse_json(kind, payload)
-                    self.report.disks[doc["name"]] = doc
+                    self.report.disks[str(doc.get("name"))] = doc
                 elif kind == p.ERROR:
-                    doc = p.parse_json(kind, payload)
                     self.error = self.error or f"{doc.get('disk') or 'stream'}: {doc.get('message')}"
                 elif kind == p.TRAILER:
-                    self.report.trailer = p.parse_json(kind, payload)
+                    self.report.trailer = doc
                     return
         except Exception as exc:  # noqa: BLE001 - reported by close()
             self.error = self.error or f"{type(exc).__name__}: {exc}"
