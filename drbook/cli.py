@@ -619,11 +619,14 @@ def plan_failover_cmd(plan: str, point: Optional[str] = typer.Option(None, "--po
 
 
 @plan_app.command("failback")
-def plan_failback_cmd(plan: str, as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
+def plan_failback_cmd(plan: str, approval_timeout: int = typer.Option(3600, min=1, help="seconds to wait for approval"),
+                      as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt,
                       local: bool = LocalOpt, no_wait: bool = NoWaitOpt) -> None:
-    """Fail a plan back on-premises (groups in reverse order). Not built yet: refused."""
-    _plan_result(_stage("plan-failback", {"plan": plan}, local=local, no_wait=no_wait, site=site, as_json=as_json),
-                 as_json)
+    """Fail a plan back on-premises after a human approves (groups in reverse order unless the
+    plan says forward); every machine must be reprotected (`drbook reprotect`)."""
+    _plan_result(_stage("plan-failback", {"plan": plan, "approval_timeout": approval_timeout}, local=local,
+                        no_wait=no_wait, site=site, as_json=as_json,
+                        note="waiting for approval: see `drbook approvals`, answer with `drbook approve RUN_ID`"), as_json)
 
 
 @app.command("report")

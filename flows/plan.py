@@ -1,5 +1,4 @@
-"""Recovery plans: one plan (plans/NAME.yaml) drives a drill, a failover and (once it exists)
-a failback. Groups run one after another, the machines of a group in parallel, with the
+"""Recovery plans: one plan (plans/NAME.yaml) drives a drill, a failover and a failback. Groups run one after another, the machines of a group in parallel, with the
 group's pre and post actions around them (drbook.plans.steps). Every step is recorded
 (drbook.plans.runlog), and the run ends with a report with charts (drbook.plans.report).
 
@@ -22,7 +21,7 @@ from prefect.transactions import transaction
 from pydantic import Field
 
 from drbook import state as statelib
-from drbook.errors import PlanStopped, PreflightError
+from drbook.errors import PlanStopped
 from drbook.failover import outcome
 from drbook.failover import points as pointlib
 from drbook.failover.build import delete_resource_group
@@ -159,19 +158,40 @@ def plan_failover_flow(plan: str, point: pointlib.PointChoice | None = None, pla
 
 
 @flow(name="plan-failback", log_prints=True)
-def plan_failback_flow(plan: str, site_path: str | None = None) -> dict:
-    """Fail a recovery plan back on-premises (groups in reverse order unless the plan says
-    otherwise). Refused until failback exists: `drbook plan show PLAN --direction failback`
-    prints what it will do.
+def plan_failback_flow(plan: str, approval_timeout: int = 3600, site_path: str | None = None) -> dict:
+    """Fail a recovery plan back on-premises after a human approves: groups in reverse order
+    (unless the plan says forward), each machine's Azure VM stopped, a final reverse cycle,
+    every disk verified, the on-premises machine brought up; the plan's failback scripts and
+    manual steps between; a report with charts. Every machine must be reprotected.
 
     Args:
         plan: the plan's name or a path to its file
+        approval_timeout: seconds to wait for the approval; then nothing changes
         site_path: site config YAML; default $DRBOOK_SITE
     """
+    from drbook.flows.reprotect import ask_failback_approval
+
     site = open_site(site_path)
     loaded = _load(site, plan)
-    raise PreflightError(f"plan {loaded.plan.name}: failback is not built yet (reprotect and failback come first); "
-                         f"nothing was changed")
+    machines = loaded.plan.machines()
+    _items(site, machines, "failback")  # every machine reprotected, before anyone is asked
+    run_id = current_run_id()
+    steps = plan_steps(loaded.plan, "failback")
+    with site.vault.leases([f"failover-{m}" for m in machines], holder=f"plan failback {run_id}", duration_s=30):
+        ask_failback_approval(site, machines, run_id, approval_timeout,
+                              what=f"plan {loaded.plan.name} ({', '.join(machines)})",
+                              extra=_steps_markdown(loaded, steps, "failback"))
+        run = _PlanRun(site=site, loaded=loaded, direction="failback", run_id=run_id,
+                       items=_items(site, machines, "failback"), purpose="failback",
+                       resource_group=site.cfg.azure.resource_group, started=time.monotonic(), began=utcnow())
+        run.chosen = {m: site.engine.points.get(m, i.failover_point_id) for m, i in run.items.items()}
+        run.open_log()
+        try:
+            run.walk(steps)
+        except BaseException as exc:
+            run.log.update(status="failed", finished=utcnow(), why=f"{type(exc).__name__}: {exc}")
+            raise
+        return run.finish()
 
 
 # -- one run of a plan ------------------------------------------------------------------------
@@ -183,7 +203,7 @@ class _PlanRun:
     direction: Direction
     run_id: str
     items: dict[str, ProtectedItem]
-    purpose: str  # drill | failover (MachinePlan's purpose)
+    purpose: str  # drill | failover (MachinePlan's purpose) | failback
     resource_group: str
     started: float  # monotonic: RTOs count from here
     began: dt.datetime  # the instant the run acts for: RPOs count to here
@@ -191,6 +211,7 @@ class _PlanRun:
     drill_id: str | None = None
     chosen: dict[str, RecoveryPoint] = field(default_factory=dict)
     results: dict[str, MachineResult] = field(default_factory=dict)
+    back: dict[str, dict] = field(default_factory=dict)  # failback: each machine's fail_back_one row
     stopped: decide.StepVerdict | None = None
     log: RunLog = None  # type: ignore[assignment]
 
@@ -234,6 +255,8 @@ class _PlanRun:
 
     # -- the steps
     def recover(self, step: PlanStep) -> decide.StepVerdict:
+        if self.direction == "failback":
+            return self.fail_back(step)
         items = [self.items[m] for m in step.machines]
         taken = ({r.ip for r in self.rows} if self.purpose == "drill"
                  else taken_ips(self.site.azure, self.resource_group))
@@ -282,11 +305,45 @@ class _PlanRun:
                              script_output=row.script_output)
         return {}
 
+    def fail_back(self, step: PlanStep) -> decide.StepVerdict:
+        """The group's machines home in parallel, each on its own: a failure (its Azure VM then
+        runs again) stops the plan when the machine is critical."""
+        from drbook.flows.reprotect import fail_back_one
+
+        group = self.group(step)
+        critical = {m: group.is_critical(m) for m in step.machines}
+
+        def one(m: str) -> dict[str, str]:
+            index = self.log.begin(step, machine=m, critical=critical[m])
+            self.log.machine(m, "not-run", started=utcnow())
+            try:
+                row = fail_back_one(self.sp, m, self.run_id)
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                self.log.end(index, "failed", error=why)
+                self.log.machine(m, "failed", finished=utcnow(), error=why)
+                return {m: why}
+            self.back[m] = row
+            self.log.end(index, "succeeded", output=f"{row['target_state']}; {row['health']}")
+            self.log.machine(m, "succeeded", finished=utcnow(), point_id=self.chosen[m].id,
+                             point_time=self.chosen[m].time, consistency="crash", rpo_seconds=0.0,
+                             rto_seconds=time.monotonic() - self.started, bytes_verified=row["bytes_verified"],
+                             verified=row["verified"], vm_name=row["target"])
+            return {}
+
+        errors: dict[str, str] = {}
+        for failed in parallel(one, step.machines, max_workers=GROUP_WIDTH):
+            errors.update(failed)
+        return decide.after_machines(errors, critical, f"group {step.group}")
+
+    def recovered(self, machine: str) -> bool:
+        return machine in (self.back if self.direction == "failback" else self.results)
+
     def script(self, step: PlanStep, action: ScriptAction) -> decide.StepVerdict:
         group = self.group(step)
         critical = {m: action.critical if action.critical is not None else group.is_critical(m) for m in step.machines}
         where = action.where(step.phase)
-        targets = [m for m in step.machines if where == "source" or m in self.results]
+        targets = [m for m in step.machines if where == "source" or self.recovered(m)]
         for m in step.machines:
             if m not in targets:  # its recovery failed (an optional machine): nothing to run on
                 self.log.end(self.log.begin(step, machine=m, critical=critical[m]), "skipped",
@@ -307,11 +364,16 @@ class _PlanRun:
                                            consistency=self.chosen[machine].consistency, run_id=self.run_id))
         try:
             script = render(action.script, **facts)
-            if action.where(step.phase) == "recovered":
+            on_azure = (action.where(step.phase) == "recovered") != (self.direction == "failback")
+            if on_azure and self.direction == "failback":  # the failed-over VM, before it is stopped
+                ref = item.azure_vms[0]
+                result = plan_tasks.script_on_vm(self.sp, ref.resource_group, ref.vm_name, item.os, script)
+            elif on_azure:
                 assert row is not None
                 result = plan_tasks.script_on_vm(self.sp, row.resource_group, row.vm_name, item.os, script)
-            else:
-                result = plan_tasks.script_on_source(self.sp, machine, script, float(action.timeout_s))
+            else:  # over SSH: the source, or in failback the machine it came home to
+                host = self.back[machine]["target"] if self.direction == "failback" and machine in self.back else machine
+                result = plan_tasks.script_on_source(self.sp, host, script, float(action.timeout_s))
         except Exception as exc:
             why = f"{type(exc).__name__}: {exc}"
             self.log.end(index, "failed", error=why)

@@ -85,34 +85,44 @@ def failback_flow(machines: list[str], approval_timeout: int = 3600, site_path: 
     site = open_site(site_path)
     sp = str(site.path)
     run_id = current_run_id()
-    log = get_run_logger()
     for m in machines:
         statelib.require(site.vault.item(m), "failback")
     with _leases(site, machines, run_id, "failback"):
-        records = [fb.require_record(site, m) for m in machines]
-        summary = failback_summary(records, run_id)
-        create_markdown_artifact(summary, description=f"waiting for approval: failback of {', '.join(machines)}")
-        log.info("waiting for an approval of the failback of %s. %s", ", ".join(machines),
-                 HOW_TO_ANSWER.format(run_id=run_id))
-        try:
-            answer = pause_flow_run(wait_for_input=failback_form(summary),
-                                    timeout=approval_timeout, poll_interval=1, key="failback-approval")
-        except FlowPauseTimeout:
-            answer = None
-        approved = answer is not None and answer.approve
-        for m in machines:
-            site.vault.audit(AuditEntry(actor=(answer.approver if answer else "drbook"), item=m,
-                                        action="failback-approved" if approved else "failback-rejected",
-                                        flow_run_id=run_id, detail={"comment": answer.comment if answer else "timed out"}))
-        if not approved:
-            why = f"rejected by {answer.approver}" if answer else "nobody approved in time"
-            raise ApprovalRejected(f"failback of {', '.join(machines)} not approved ({why}); nothing was changed")
-        rows = parallel(lambda m: _fail_back_one(sp, m, run_id), machines)
+        ask_failback_approval(site, machines, run_id, approval_timeout)
+        rows = parallel(lambda m: fail_back_one(sp, m, run_id), machines)
     create_table_artifact(rows, key="failback", description="failback per machine")
     return rows
 
 
-def _fail_back_one(sp: str, machine: str, run_id: str) -> dict:
+def ask_failback_approval(site, machines: list[str], run_id: str, approval_timeout: int, *, what: str = "",  # noqa: ANN001
+                          extra: str = "") -> None:
+    """Pause for a person's yes or no on what the failback will do (`extra`: more markdown under
+    it, e.g. a plan's steps); the answer goes to the audit log. A no (or no answer in time)
+    raises ApprovalRejected: nothing was changed."""
+    log = get_run_logger()
+    what = what or ", ".join(machines)
+    records = [fb.require_record(site, m) for m in machines]
+    summary = failback_summary(records, run_id) + extra
+    create_markdown_artifact(summary, description=f"waiting for approval: failback of {what}")
+    log.info("waiting for an approval of the failback of %s. %s", what, HOW_TO_ANSWER.format(run_id=run_id))
+    try:
+        answer = pause_flow_run(wait_for_input=failback_form(summary), timeout=approval_timeout, poll_interval=1,
+                                key="failback-approval")
+    except FlowPauseTimeout:
+        answer = None
+    approved = answer is not None and answer.approve
+    for m in machines:
+        site.vault.audit(AuditEntry(actor=(answer.approver if answer else "drbook"), item=m,
+                                    action="failback-approved" if approved else "failback-rejected",
+                                    flow_run_id=run_id, detail={"comment": answer.comment if answer else "timed out"}))
+    if not approved:
+        why = f"rejected by {answer.approver}" if answer else "nobody approved in time"
+        raise ApprovalRejected(f"failback of {what} not approved ({why}); nothing was changed")
+
+
+def fail_back_one(sp: str, machine: str, run_id: str) -> dict:
+    """Stop the Azure VM, a final cycle, verify, bring the target up, check it: failed-back.
+    Any failure before the target comes up starts the Azure VM again."""
     rt.stop_azure_vm(sp, machine)
     try:
         cycle = rt.reverse_cycle(sp, machine, final=True)

@@ -206,3 +206,49 @@ def test_a_plan_failover_stops_at_a_manual_step_answered_not_done(protected, sit
     assert manual.status == "not-done" and manual.output == "not done by tester: the database does not answer"
     actions = [e.action for e in site.vault.audit_log("db01")]
     assert "failover-approved" in actions and "plan-manual-not-done" in actions
+
+
+def test_one_plan_fails_back_what_it_failed_over(protected, site_path, sdk):  # noqa: F811
+    """db01 (failed over by the test above) is committed and reprotected; the plan fails it back
+    after an approval, then runs its failback script on the machine it came home to."""
+    from drbook.approvals import answer, waiting_approvals
+    from drbook.flows.failover import commit_flow
+    from drbook.flows.plan import plan_failback_flow
+    from drbook.flows.reprotect import reprotect_flow
+
+    site = protected
+    assert site.vault.item("db01").state == ItemState.FAILED_OVER
+    _write_plan(site, "home", [
+        {"name": "database", "machines": ["db01"],
+         "post": [{"script": "plan_check_app.sh.j2", "directions": ["failback"]}]},
+    ])
+    with pytest.raises(Exception, match="failback needs reprotected"):
+        plan_failback_flow("home", approval_timeout=5, site_path=site_path)
+    commit_flow(["db01"], site_path=site_path)
+    from drbook.adapters.vsphere import from_site
+
+    with from_site(site.cfg) as vc:  # an unplanned failover left the source on: off before it is written
+        vc.power_off(site.machine("db01").vm_name)
+    reprotect_flow(["db01"], site_path=site_path)
+    thread, out = run_in_thread(plan_failback_flow, "home", approval_timeout=300, site_path=site_path)
+    deadline = time.monotonic() + 60
+    run_id = None
+    while run_id is None and time.monotonic() < deadline:
+        run_id = next((r["run_id"] for r in waiting_approvals()
+                       if r["flow"] == "plan-failback" and r["site_path"] == site_path), None)
+        time.sleep(0.2)
+    assert run_id, "the plan failback never asked for approval"
+    answer(run_id, approve=True, approver="tester", comment="home")
+    thread.join(timeout=300)
+    assert "result" in out, out.get("error")
+    result = out["result"]
+    assert result["direction"] == "failback" and result["status"] == "succeeded", result
+    [m] = result["machines"]
+    assert m["machine"] == "db01" and m["verified"] and m["bytes_verified"] > 0 and m["vm_name"] == "db01"
+    assert site.vault.item("db01").state == ItemState.FAILED_BACK
+    record = site.vault.get(plan_run_key(run_id), PlanRunRecord)
+    script = next(s for s in record.steps if s.kind == "script")
+    recover = next(s for s in record.steps if s.kind == "recover")
+    assert script.status == "succeeded" and script.started >= recover.finished
+    assert "ok: the hostname answers" in script.output, script.output
+    assert Path(result["report"]).exists()
