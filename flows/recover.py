@@ -26,20 +26,15 @@ def build_machine(site_path: str, plan: MachinePlan, consistency: str, started: 
     had the site died then. A planned failover's point comes after it: RPO 0."""
     log = get_run_logger()
     site = open_site(site_path)
-    disk_futures = [azure_tasks.import_disk.submit(site_path, plan, d.disk) for d in plan.disks]
-    disk_ids = [f.result() for f in disk_futures]
-    # Verify before anything boots from these disks: a VM never runs on bytes we did not check.
-    checks: list[DiskVerification] = [f.result() for f in [azure_tasks.verify_disk.submit(site_path, plan, d.disk) for d in plan.disks]]
+    prepared = [f.result() for f in [azure_tasks.prepare_disk.submit(site_path, plan, d.disk) for d in plan.disks]]
+    disk_ids = [disk_id for disk_id, _, _ in prepared]
+    checks: list[DiskVerification] = [check for _, check, _ in prepared]
+    # Verified before anything boots from these disks: a VM never runs on bytes we did not check.
     require_verified(checks, plan.machine)
     log.info("%s: %d disks verified against point %s", plan.machine, len(checks), plan.point_id)
-    baselines: dict[str, str] = {}
-    if plan.purpose == "failover":
-        # S0 = the verified point, before anything boots: reprotect's first diff starts here.
-        baselines = {d.disk: azure_tasks.snapshot_baseline(site_path, plan, d.disk, disk_id)
-                     for d, disk_id in zip(plan.disks, disk_ids)}
-    nic_id, ip = azure_tasks.create_nic(site_path, plan)
-    azure_tasks.create_vm(site_path, plan, disk_ids, nic_id)
-    state = azure_tasks.start_vm(site_path, plan)
+    # S0 of each disk (failover): the verified point, before anything boots; reprotect diffs from it.
+    baselines = {d.disk: s0 for d, (_, _, s0) in zip(plan.disks, prepared) if s0}
+    ip, state = azure_tasks.boot_vm(site_path, plan, disk_ids)
     rto = time.monotonic() - started
     script = render_post_failover_script(
         machine=plan.machine, purpose=plan.purpose, run_id=plan.run_id, point_id=plan.point_id,

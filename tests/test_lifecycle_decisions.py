@@ -96,7 +96,7 @@ def test_failover_rpo_is_the_points_age_at_the_disaster_and_never_negative():
 
 
 @pytest.mark.parametrize("action, allowed", [
-    ("failover", {ItemState.PROTECTED}), ("test-failover", {ItemState.PROTECTED}), ("commit", {ItemState.FAILED_OVER})])
+    ("failover", {ItemState.PROTECTED}), ("test-failover", {ItemState.PROTECTED}), ("commit", {ItemState.FAILED_OVER, ItemState.FAILED_BACK})])
 def test_the_state_machine_owns_which_states_allow_an_action(action, allowed):
     for state in ItemState:
         item = _item("db01", state=state)

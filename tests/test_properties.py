@@ -81,7 +81,7 @@ NEEDS: dict[str, set[ItemState]] = {
     "failover": {S.PROTECTED},
     "change-recovery-point": {S.FAILED_OVER},
     "rollback-failover": {S.FAILED_OVER},
-    "commit": {S.FAILED_OVER},
+    "commit": {S.FAILED_OVER, S.FAILED_BACK},  # a failback is committed too
     "reprotect": {S.COMMITTED},
     "abandon-reprotect": {S.REPROTECTING},
     "reverse-replicate": {S.REPROTECTING, S.REPROTECTED},

@@ -174,12 +174,16 @@ def require_verified(results: list[DiskVerification], machine: str) -> None:
         raise VerificationError(f"{machine}: the disks in Azure do not match the recovery point: {detail}")
 
 
+def baseline_name(disk: DiskPlan) -> str:
+    return f"{disk.name}-s0"[:80]
+
+
 def take_baseline(azure: RecoverySite, plan: MachinePlan, disk: DiskPlan, disk_id: str) -> str:
     """S0: an incremental snapshot of a verified disk before its VM boots, so a later
     reprotect reads only what changed in Azure since the failover point (its name)."""
     from drbook.reprotect.model import BASELINE_PURPOSE, ITEM_TAG, PURPOSE_TAG
 
-    name = f"{disk.name}-s0"[:80]
+    name = baseline_name(disk)
     tags = {**plan.tags, PURPOSE_TAG: BASELINE_PURPOSE, ITEM_TAG: plan.item}
     azure.create_incremental_snapshot(plan.resource_group, name, disk_id, plan.location, tags)
     return name
@@ -220,13 +224,13 @@ def run_script(azure: RecoverySite, plan: MachinePlan, script: str) -> str:
 
 
 # -- removal ---------------------------------------------------------------------------------
-_KINDS = {"VM": rs.VIRTUAL_MACHINE, "NIC": rs.NETWORK_INTERFACE, "disk": rs.MANAGED_DISK}
+_KINDS = {"VM": rs.VIRTUAL_MACHINE, "NIC": rs.NETWORK_INTERFACE, "disk": rs.MANAGED_DISK, "snapshot": rs.SNAPSHOT}
 SWEEP_WORKERS = 16  # deletions at once (a 100-machine drill leaves some 300 resources)
 # Dependents before what they depend on: a VM holds its NIC and disks, Azure refuses to delete those first.
 _DELETE_ORDER = (rs.VIRTUAL_MACHINE, rs.NETWORK_INTERFACE, rs.PUBLIC_IP_ADDRESS, rs.SNAPSHOT, rs.MANAGED_DISK)
 
 
-def delete_resource(azure: RecoverySite, kind: Literal["VM", "NIC", "disk"], rg: str, name: str) -> bool:
+def delete_resource(azure: RecoverySite, kind: Literal["VM", "NIC", "disk", "snapshot"], rg: str, name: str) -> bool:
     """Delete one resource this module makes; False when it was not there."""
     return azure.delete_resource(_KINDS[kind], rg, name)
 
