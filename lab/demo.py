@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
+PROTECTED = ("app01", "app02", "db01")  # what the demo protects (the lab's spares, spare01 and phys01, stay out)
 STAGES: list[dict] = []
 RUNS: list[tuple[str, str]] = []  # (what, UI URL) of every run the demo started
 # Commands that start a run of a deployment (the others read the vault or answer approvals).
@@ -117,7 +118,7 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         drbook("discover")
 
     with stage("push-mobility"):
-        drbook("push-mobility", "--all")
+        drbook("push-mobility", *PROTECTED)  # not --all: the spares would be registered as items too
 
     with stage("protect (initial copy)"):
         drbook("protect", "app01", "app02", "--group", "app")
@@ -125,8 +126,8 @@ def _demo(lab) -> None:  # noqa: ANN001 - lab.control.Lab
         drbook("items")
 
     with stage("replicate with the workload running"):
-        for m in status["machines"]:
-            console.print(start_workload(lab, m["name"], rate=2, seconds=600, seed=7, background=True))
+        for m in PROTECTED:  # the lab's spares (failback targets) run no workload
+            console.print(start_workload(lab, m, rate=2, seconds=600, seed=7, background=True))
         for _ in range(2):
             time.sleep(2)
             # The worker's scheduled replication may be cycling an item right now: never two

@@ -56,6 +56,7 @@ class MachineSpec(_Strict):
     memory_mb: int = Field(2048, ge=256)
     disks: list[DiskSpec] = Field(min_length=1)
     vmware: bool = Field(True, description="a VM in the lab's vCenter; False = a physical server")
+    powered_on: bool = Field(True, description="False: `lab up` leaves its VM powered off (a spare, e.g. a failback target)")
     python: bool = Field(True, description="False makes a machine whose shell has no python3")
 
     @field_validator("address")
@@ -64,6 +65,13 @@ class MachineSpec(_Strict):
         if not ipaddress.ip_address(v).is_loopback:
             raise ValueError(f"{v} is not a loopback address (the lab binds only 127/8)")
         return v
+
+    @model_validator(mode="after")
+    def _power(self) -> "MachineSpec":
+        if not self.powered_on and not self.vmware:
+            raise ValueError(f"machine {self.name!r}: powered_on: false is for a VM (vmware: true); "
+                             "the lab cannot power off a physical server")
+        return self
 
 
 class LabSpec(_Strict):

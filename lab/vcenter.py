@@ -1,4 +1,5 @@
-"""The lab's vCenter content: one VM per lab machine, made through pyVmomi as an admin would.
+"""The lab's vCenter content: one VM per VMware lab machine (`vmware: false` is a physical
+server, with no VM), made through pyVmomi as an admin would.
 
 The simulator forgets everything when it restarts, so `lab up` calls `populate()` every
 time; it creates only what is missing. Each VM gets the machine's CPUs, memory, one thin
@@ -152,23 +153,24 @@ def create_vm(conn: VSphereConnection, placement: Placement, machine: MachineSpe
 
 
 def populate(url: str, user: str, password: str | SecretStr, ca_bundle: str | None, spec: LabSpec) -> list[str]:
-    """Create (and power on) each lab machine's VM that vCenter lacks; returns the names created."""
+    """Create each VMware lab machine's VM that vCenter lacks (powered on, unless the spec
+    says it stays off: a spare); returns the names created. Physical machines get none."""
     with connect(url, user, _secret(password), ca_bundle) as conn:
         existing = conn.vms_by_name()
-        missing = [(i, m) for i, m in enumerate(spec.machines) if m.name not in existing]
+        missing = [(i, m) for i, m in enumerate(spec.machines) if m.vmware and m.name not in existing]
         if not missing:
             return []
         placement = Placement(conn)
         ensure_port_groups(conn, placement, sorted({m.network for _, m in missing}))
         for index, machine in missing:
-            create_vm(conn, placement, machine, index)
+            create_vm(conn, placement, machine, index, power_on=machine.powered_on)
         return [m.name for _, m in missing]
 
 
 def power_on_all(url: str, user: str, password: str | SecretStr, ca_bundle: str | None, spec: LabSpec) -> list[str]:
-    """Power on every lab VM that is off; returns the names powered on."""
+    """Power on every lab VM that is off and meant to run (spares stay off); returns the names powered on."""
     with connect(url, user, _secret(password), ca_bundle) as conn:
-        return [m.name for m in spec.machines if conn.power_on(m.name)]
+        return [m.name for m in spec.machines if m.vmware and m.powered_on and conn.power_on(m.name)]
 
 
 # --- a private simulator for tests and benchmarks --------------------------------------------

@@ -31,13 +31,14 @@ from lab.spec import MachineSpec, load_spec
 from lab.vcenter import Placement, SimulatorInfo, create_vm
 
 SPEC = load_spec()
+VMS = [m for m in SPEC.machines if m.vmware]  # the lab's VMs (its physical server has none)
 MiB = 1024 * 1024
 
 
 def _site(**machines_extra) -> SiteConfig:
     machines = [
         {"name": m.name, "vm_name": m.name, "address": m.address, "network": m.network, "ip": m.ip}
-        for m in SPEC.machines
+        for m in VMS
     ]
     machines += [
         {"name": "phys01", "address": "127.0.1.50", "ip": "10.10.2.50", "network": "db-net", "cpus": 8,
@@ -60,21 +61,24 @@ def test_discovers_the_lab_vms_with_their_hardware_and_guest(conn):
     assert inv.datacenters == ["DC0"]
     assert [c.name for c in inv.clusters] == ["DC0_C0"] and inv.clusters[0].hosts == ["DC0_C0_H0", "DC0_C0_H1"]
     assert {h.name for h in inv.hosts} == {"DC0_H0", "DC0_C0_H0", "DC0_C0_H1"}
-    for m in SPEC.machines:
+    for m in VMS:
         vm = inv.vm(m.name)
         assert vm is not None, m.name
         assert vm.machine == m.name
         assert (vm.datacenter, vm.cluster) == ("DC0", "DC0_C0") and vm.host in inv.clusters[0].hosts
         assert vm.moid.startswith("vm-") and len(vm.uuid or "") == 36 and vm.instance_uuid
         assert (vm.num_cpu, vm.memory_mb) == (m.cpus, m.memory_mb)
-        assert vm.power_state == "poweredOn"
-        assert vm.guest_id == "otherLinux64Guest" and vm.guest_full_name
-        assert (vm.tools_status, vm.tools_running_status) == ("toolsOk", "guestToolsRunning")
         assert [(d.key, d.capacity_bytes, d.file, d.thin) for d in vm.disks] == [
             (2000 + i, d.size_mib * MiB, f"[LocalDS_0] {m.name}/{d.name}.vmdk", True) for i, d in enumerate(m.disks)
         ]
         assert all(d.label and d.controller_key == 1000 for d in vm.disks)
         assert len(vm.nics) == 1
+        if not m.powered_on:  # a spare the lab leaves off: no guest to report
+            assert vm.power_state == "poweredOff"
+            continue
+        assert vm.power_state == "poweredOn"
+        assert vm.guest_id == "otherLinux64Guest" and vm.guest_full_name
+        assert (vm.tools_status, vm.tools_running_status) == ("toolsOk", "guestToolsRunning")
         nic = vm.nics[0]
         assert (nic.key, nic.adapter, nic.network, nic.connected) == (4000, "VirtualVmxnet3", m.network, True)
         assert nic.mac and len(nic.mac.split(":")) == 6 and nic.ips == [m.ip]
@@ -219,7 +223,7 @@ def test_save_inventory_keeps_latest_and_previous_in_the_vault(azurite_blob, con
     vault.ensure()
     first = discover(conn, _site())
     d1 = save_inventory(vault, first)
-    assert sorted(d1.new) == sorted([f"vm:DC0/{m.name}" for m in SPEC.machines] + ["physical:phys01"])
+    assert sorted(d1.new) == sorted([f"vm:DC0/{m.name}" for m in VMS] + ["physical:phys01"])
     assert vault.find(PREVIOUS_KEY, Inventory) is None
     second = first.model_copy(update={"physical": []})
     d2 = save_inventory(vault, second)
@@ -233,11 +237,11 @@ def test_render_and_json(conn):
     console = Console(record=True, width=220)
     console.print(render_inventory(inv))
     text = console.export_text()
-    for m in SPEC.machines:
-        assert m.name in text and m.ip in text
+    for m in VMS:
+        assert m.name in text and (m.ip in text or not m.powered_on)
     assert "phys01" in text and "physical" in text and "gone01" in text
     doc = inventory_json(inv)
-    assert doc["counts"] == {"datacenters": 1, "clusters": 1, "hosts": 3, "vms": 3, "physical": 1}
+    assert doc["counts"] == {"datacenters": 1, "clusters": 1, "hosts": 3, "vms": len(VMS), "physical": 1}
     again = Inventory.model_validate(json.loads(json.dumps(doc)))
     assert again == inv
     assert isinstance(again.physical[0], PhysicalInfo)

@@ -40,9 +40,10 @@ def test_status_json_has_the_documented_shape(lab):
         if isinstance(shape, set):
             assert shape <= set(status[key]), f"{key} lacks {shape - set(status[key])}"
     names = [m["name"] for m in status["machines"]]
-    assert names == ["app01", "app02", "db01"]
+    assert names == ["app01", "app02", "db01", "spare01", "phys01"]
     for m in status["machines"]:
         assert {"name", "vm_name", "os", "address", "port", "user", "key_file", "known_hosts", "disks"} <= set(m)
+        assert m["vm_name"] == (None if m["name"] == "phys01" else m["name"])  # phys01: a physical server
         for d in m["disks"]:
             assert Path(d["path"]).stat().st_size == d["size_bytes"]
     # references to the lab's secrets, never their values (the Azurite key is Microsoft's
@@ -68,7 +69,10 @@ def test_vcenter_lists_lab_vms_over_verified_tls(lab):
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
         vms = {vm.name: vm for vm in view.view}
         spec = load_spec()
+        assert "phys01" not in vms  # a physical server has no VM
         for m in spec.machines:
+            if not m.vmware:
+                continue
             vm = vms[m.name]
             assert vm.config.hardware.numCPU == m.cpus
             assert vm.config.hardware.memoryMB == m.memory_mb

@@ -89,3 +89,40 @@ def test_targets_kind_and_a_protected_machine_is_not_a_target():
         choose_target(Cfg, item, "nope", {})
     with pytest.raises(PreflightError, match="db01 is a protected machine"):
         choose_target(Cfg, item, "db01", {"db01": ProtectedItem(name="db01", machine="db01", state=ItemState.PROTECTED)})
+
+
+@pytest.mark.parametrize(("target", "vm", "kind"), [("spare01", "spare01", "alternate"), ("phys01", None, "physical")])
+def test_protection_again_after_a_failback_to_another_machine_is_refused_naming_it(target, vm, kind):
+    from types import SimpleNamespace
+
+    from drbook.reprotect.model import reprotect_key
+    from drbook.reprotect.reenable import require_reenable
+
+    item = _item(ItemState.FAILED_BACK)
+    record = new_record(_item(), _machine(target, [None, None], vm=vm), disk_ids={"disk0": "id0", "disk1": "id1"},
+                        location="westeurope", run_id="r").model_copy(update={"status": "committed"})
+    assert record.target_kind == kind
+
+    class Vault:
+        def find(self, key, cls):  # noqa: ANN001, ANN202
+            return record if key == reprotect_key("app01") else None
+
+    site = SimpleNamespace(vault=Vault())
+    with pytest.raises(PreflightError, match=f"app01 came back on {target}: protect {target} as a machine of its own "
+                                             r"\(its disks hold app01's data\)"):
+        require_reenable(site, item)
+    # The original machine, committed: protection resumes (nothing refused).
+    original = record.model_copy(update={"target": "app01", "target_kind": "original", "target_vm": "vm"})
+    record = original
+    require_reenable(site, item)
+    record = original.model_copy(update={"status": "failed-back"})
+    with pytest.raises(PreflightError, match="its failback is not committed"):
+        require_reenable(site, item)
+
+
+def test_a_machine_another_items_reprotect_wrote_is_not_a_target():
+    class Cfg:
+        machines = [_machine("app01", [None]), _machine("phys", [None], vm=None)]
+    with pytest.raises(PreflightError, match="phys is the target of app02's reprotect"):
+        choose_target(Cfg, _item(), "phys", {}, {"phys": "app02"})
+    assert choose_target(Cfg, _item(), "phys", {}, {"phys": "app01"}).name == "phys"

@@ -121,7 +121,9 @@ def test_map_errors_keeps_the_cause_and_passes_dr_errors():
 
 def test_populate_made_the_lab_vms_and_is_idempotent(vc: SimulatorInfo, conn):
     names = conn.vms_by_name()
-    assert all(len(names[m.name]) == 1 for m in SPEC.machines)
+    assert all(len(names[m.name]) == 1 for m in SPEC.machines if m.vmware)
+    assert "phys01" not in names  # a physical server has no VM
+    assert conn.power_state("spare01") == "poweredOff"  # a spare stays off
     before = sum(len(v) for v in names.values())
     assert populate(vc.url, vc.user, vc.password, str(vc.ca_bundle), SPEC) == []
     assert sum(len(v) for v in conn.vms_by_name().values()) == before

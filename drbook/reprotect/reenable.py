@@ -13,6 +13,10 @@ from drbook.reprotect.failback import require_record
 
 def require_reenable(site, item: ProtectedItem) -> None:  # noqa: ANN001 - Site
     record = require_record(site, item.name)
+    if record.target_kind != "original":
+        # The replica in Azure mirrors the machine's disks; those are not where the data is now.
+        raise PreflightError(f"{item.name} came back on {record.target}: protect {record.target} as a machine of "
+                             f"its own (its disks hold {item.name}'s data)")
     if record.status != "committed":
         raise PreflightError(f"cannot protect {item.name} again yet: its failback is not committed "
                              f"(`drbook commit {item.name}` deletes the failover's Azure VMs first)")

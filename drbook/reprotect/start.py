@@ -17,10 +17,11 @@ def target_kind(item: ProtectedItem, target: MachineConfig) -> TargetKind:
 
 
 def choose_target(cfg: SiteConfig, item: ProtectedItem, target: str | None,
-                  items: dict[str, ProtectedItem]) -> MachineConfig:
+                  items: dict[str, ProtectedItem], taken: dict[str, str] | None = None) -> MachineConfig:
     """The site config machine whose disks reprotect writes: `target`, or the item's own
-    machine. Another machine that drbook protects (and that is not failed over itself) is
-    refused: its disks are somebody's production."""
+    machine. Another machine that drbook protects, or one that another item's reprotect wrote
+    (`taken`: target -> item; it may hold that item's data now), is refused: its disks are
+    somebody's production."""
     name = target or item.machine
     found = next((m for m in cfg.machines if m.name == name), None)
     if found is None:
@@ -30,6 +31,10 @@ def choose_target(cfg: SiteConfig, item: ProtectedItem, target: str | None,
     if found.name != item.machine and other is not None and other.state not in (ItemState.UNPROTECTED,):
         raise PreflightError(f"reprotect of {item.name}: {found.name} is a protected machine ({other.state.value}); "
                              "writing its disks would destroy it. Choose a machine drbook does not protect")
+    owner = (taken or {}).get(found.name)
+    if owner and owner != item.name:
+        raise PreflightError(f"reprotect of {item.name}: {found.name} is the target of {owner}'s reprotect (its disks "
+                             f"hold {owner}'s data); choose another machine")
     return found
 
 
@@ -99,7 +104,7 @@ def begin(site, name: str, target: str | None, run_id: str):  # noqa: ANN001, AN
                                      f"{target} needs the reverse replication stopped first")
             return record
     statelib.require(item, "reprotect")
-    target_cfg = choose_target(site.cfg, item, target, {i.name: i for i in vault.items()})
+    target_cfg = choose_target(site.cfg, item, target, {i.name: i for i in vault.items()}, targets_taken(vault))
     check_sizes(item, target_cfg)
     require_target_off(site.cfg, target_cfg, name)
     shell = site.shell_for(target_cfg)
@@ -119,6 +124,15 @@ def begin(site, name: str, target: str | None, run_id: str):  # noqa: ANN001, AN
     vault.transition(name, ItemState.REPROTECTING, flow_run_id=run_id,
                      reason=f"reprotect to {target_cfg.name} ({record.target_kind})")
     return record
+
+
+def targets_taken(vault) -> dict[str, str]:  # noqa: ANN001 - Vault
+    """target machine -> the item whose reprotect writes (or wrote) it."""
+    from drbook.reprotect.model import ReprotectRecord
+
+    keys = [k for k in vault.keys("reprotect/") if k.count("/") == 1 and k.endswith(".json")]
+    records = [vault.find(k, ReprotectRecord) for k in keys]
+    return {r.target: r.item for r in records if r is not None and r.target != r.machine}
 
 
 def finish_first_cycle(site, name: str, run_id: str):  # noqa: ANN001, ANN201
