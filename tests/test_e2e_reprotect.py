@@ -147,7 +147,8 @@ def test_round_trip_reprotect_failback_commit_and_protect_again(lab, sdk, arm, s
 
 
 def test_an_interrupted_reverse_cycle_resumes_without_loss(lab, sdk, arm, site, site_path):
-    """A second round trip of db01, with a cycle torn at every phase before it is recorded."""
+    """A second round trip of db01 (protected again by the test above: module order), with a cycle
+    torn at every phase before it is recorded, and one whose master-target agent is killed."""
     limits = arm.snapshot_limits()
     arm.set_snapshot_limits(max_per_window=50)  # six torn and whole cycles within Azure's 5 minutes
     try:
@@ -175,6 +176,14 @@ def _torn_cycles_then_failback(lab, sdk, arm, site, site_path) -> None:
             time.sleep(0.5)
             with pytest.raises(ReplicationError, match="injected"):
                 run_cycle(site, site.vault.get(reprotect_key(M), ReprotectRecord), fault=die)
+
+        def kill_agent(at: str) -> None:  # the master target's agent dies in the middle of its writes
+            if at == "applying":
+                subprocess.run(["pkill", "-KILL", "-f", "agent.py apply"], check=False)
+                time.sleep(0.5)
+        with pytest.raises(ReplicationError, match="master target|applying the changes failed"):
+            run_cycle(site, site.vault.get(reprotect_key(M), ReprotectRecord), fault=kill_agent)
+        assert any(d.in_flight for d in site.vault.get(reprotect_key(M), ReprotectRecord).disks), "torn blocks on record"
         thread, out = run_in_thread(failback_flow, [M], approval_timeout=60, site_path=site_path)
         answer(wait_for_paused_run([M], site_path), approve=True, approver="tester")
         thread.join(300)
