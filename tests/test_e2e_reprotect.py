@@ -1,6 +1,7 @@
 """Home again, end to end on the lab: fail over, let the guest write in Azure, reprotect while
 it runs, fail back after an approval, commit, protect again with a delta. Every on-premises
-disk is held to the guest's write log, independently of the manifests the flows verify with."""
+disk is held to the guest's write log, independently of the manifests the flows verify with. The second
+round trip tears reverse cycles at every phase and comes home through a recovery plan."""
 
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from drbook.approvals import answer
-from drbook.errors import PreflightError, ReplicationError, StateTransitionError
+from drbook.errors import LeaseHeldError, PreflightError, ReplicationError, StateTransitionError
 from drbook.failover.build import resources_of_run
 from drbook.flows.failover import commit_flow, failover_flow
 from drbook.flows.prepare_azure import prepare_azure_flow
 from drbook.flows.replication import enable_replication_flow
+from drbook.flows.plan import plan_failback_flow
 from drbook.flows.reprotect import failback_flow, reprotect_flow
 from drbook.models import ItemState
+from drbook.plans.record import PlanRunRecord
+from drbook.vault import plan_run_key
 from drbook.reprotect.cycle import run_cycle
 from drbook.reprotect.model import ReprotectRecord, reprotect_key
 from tests.lab_site import arm, run_in_thread, sdk, site, start_azure_writer, start_writer, wait_for_paused_run  # noqa: F401
@@ -35,6 +40,18 @@ def _disks(lab: dict) -> dict[str, Path]:
 
 def _state(site) -> ItemState:
     return site.vault.item(M).state
+
+
+def _paused(flow: str, site_path: str, timeout: float = 60) -> str:
+    from drbook.approvals import waiting_approvals
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for row in waiting_approvals():
+            if row["flow"] == flow and row["site_path"] == site_path:
+                return row["run_id"]
+        time.sleep(0.2)
+    raise AssertionError(f"no paused {flow} run of {site_path}")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -108,6 +125,11 @@ def test_round_trip_reprotect_failback_commit_and_protect_again(lab, sdk, arm, s
 
         thread, out = run_in_thread(failback_flow, [M], approval_timeout=60, site_path=site_path)
         run_id = wait_for_paused_run([M], site_path)
+        # The failback holds db01's lease while it waits: a reprotect (or a second failback) is refused.
+        with pytest.raises(LeaseHeldError):
+            reprotect_flow([M], site_path=site_path)
+        with pytest.raises(LeaseHeldError):
+            failback_flow([M], approval_timeout=5, site_path=site_path)
         done = _cli("approve", run_id, "--comment", "home")
         assert done.returncode == 0, done.stderr
         thread.join(300)
@@ -184,15 +206,29 @@ def _torn_cycles_then_failback(lab, sdk, arm, site, site_path) -> None:
         with pytest.raises(ReplicationError, match="master target|applying the changes failed"):
             run_cycle(site, site.vault.get(reprotect_key(M), ReprotectRecord), fault=kill_agent)
         assert any(d.in_flight for d in site.vault.get(reprotect_key(M), ReprotectRecord).disks), "torn blocks on record"
-        thread, out = run_in_thread(failback_flow, [M], approval_timeout=60, site_path=site_path)
-        answer(wait_for_paused_run([M], site_path), approve=True, approver="tester")
+        # This time home through a recovery plan: its failback script runs on the machine it came home to.
+        plan = Path(site_path).parent / "home.yaml"
+        plan.write_text(yaml.safe_dump({"name": "home", "groups": [{"name": "database", "machines": [M], "post": [
+            {"script": "plan_check_app.sh.j2", "directions": ["failback"]}]}]}))
+        thread, out = run_in_thread(plan_failback_flow, str(plan), approval_timeout=60, site_path=site_path)
+        answer(_paused("plan-failback", site_path), approve=True, approver="tester")
         thread.join(300)
-        assert "result" in out, f"failback failed: {out.get('error')!r}"
+        assert "result" in out, f"plan failback failed: {out.get('error')!r}"
         guest.proc.wait(timeout=30)
     finally:
         guest.stop()
     for name, path in _disks(lab).items():
         assert path.read_bytes() == guest.expected(name, guest.last_seq()), f"{M}/{name} lost a write"
+    result = out["result"]
+    assert result["direction"] == "failback" and result["status"] == "succeeded", result
+    [row] = result["machines"]
+    assert row["verified"] and row["bytes_verified"] > 0 and row["vm_name"] == M
+    record = site.vault.get(plan_run_key(result["run_id"]), PlanRunRecord)
+    script = next(x for x in record.steps if x.kind == "script")
+    recover = next(x for x in record.steps if x.kind == "recover")
+    assert script.status == "succeeded" and script.started >= recover.finished
+    assert "ok: the hostname answers" in script.output, script.output
+    assert Path(result["report"]).exists()
     commit_flow([M], site_path=site_path)
     left = [r for r in site.azure.list_tagged("drbook-reprotect-item", M)]
     assert left == [], left
