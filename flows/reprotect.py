@@ -129,7 +129,7 @@ def fail_back_one(sp: str, machine: str, run_id: str) -> dict:
         check = rt.verify(sp, machine)
         if not check.ok:
             raise VerificationError(f"{machine}: the on-premises disks do not equal the Azure disks at shutdown: "
-                                    f"{ {d: (v['azure_bad_blocks'], v['target_bad_blocks']) for d, v in check.disks.items()} }")
+                                    f"{ {d: v['bad_blocks'] for d, v in check.disks.items()} }")
     except BaseException:
         rt.restart_azure_vm(sp, machine)
         raise

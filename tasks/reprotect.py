@@ -31,8 +31,8 @@ def reverse_cycle(site_path: str, machine: str, final: bool = False) -> dict:
         record = run_cycle(site, _record(site, machine), final=final, progress=step)
     last = record.last_cycle()
     return {"item": machine, "target": record.target, "target_kind": record.target_kind, "cycle": last.number,
-            "blocks_changed": last.blocks_changed, "bytes_changed": last.bytes_changed,
-            "bytes_moved": last.bytes_moved, "zero_blocks": last.zero_blocks, "seconds": last.seconds,
+            "ranges": last.ranges, "bytes_changed": last.bytes_changed,
+            "bytes_moved": last.bytes_moved, "zero_bytes": last.zero_bytes, "seconds": last.seconds,
             "lag_seconds": round(cycle_lag(record) or 0.0, 1), "final": final}
 
 

@@ -207,7 +207,7 @@ def test_failback_to_a_blank_physical_server_moves_every_nonzero_block(lab, sdk,
     print(f"\nphysical {PHYS}: first cycle moved {first['bytes_moved']} bytes of a {size}-byte disk "
           f"({first['bytes_moved'] / size:.1%}); the point has {nonzero} non-zero bytes "
           f"({_nonzero_blocks(protected['disk0']) * BS} at protection); zero blocks sent "
-          f"{first['zero_blocks']}; final cycle moved {row['final_bytes_moved']}")
+          f"{first['zero_bytes']}; final cycle moved {row['final_bytes_moved']}")
     assert first["target_kind"] == "physical"
     # Everything the point holds that is not zero moves (the blank disk matches only its zero blocks).
     assert nonzero - 2 * BS <= first["bytes_moved"] <= nonzero + 4 * first["bytes_changed"] + 4 * BS, first

@@ -16,28 +16,35 @@ from drbook.reprotect.start import check_sizes, choose_target, new_record, targe
 BS = 64 * 1024
 
 
-def test_a_range_touches_every_block_it_overlaps_and_nothing_past_the_disk():
+def test_exactly_the_changed_ranges_move_and_nothing_past_the_disk():
     ranges = [PageRange(start=0, end=511), PageRange(start=BS - 512, end=BS + 511),
               PageRange(start=10 * BS, end=20 * BS)]
-    assert blk.blocks_of_ranges(ranges, BS, 4 * BS) == {0, 1}
-    assert blk.changed_bytes(ranges, 4 * BS) == 512 + 1024
+    spans = blk.of_ranges(ranges, 4 * BS)
+    assert spans == [(0, 512), (BS - 512, BS + 512)]
+    assert blk.total(spans) == 512 + 1024
+    # close ranges are read as one; drift blocks are whole blocks
+    assert blk.merge(spans, gap=blk.JOIN_GAP) == [(0, 512), (BS - 512, BS + 512)]
+    assert blk.merge([(0, 512), (4096, 8192)], gap=blk.JOIN_GAP) == [(0, 8192)]
+    assert blk.of_blocks({1, 3}, BS, 3 * BS + 100) == [(BS, 2 * BS), (3 * BS, 3 * BS + 100)]
 
 
 def test_a_reversed_range_is_refused():
     with pytest.raises(ValueError):
-        blk.blocks_of_ranges([PageRange(start=1024, end=0)], BS, 4 * BS)
+        blk.of_ranges([PageRange(start=1024, end=0)], 4 * BS)
 
 
-@given(st.sets(st.integers(0, 300), max_size=80))
+@given(st.lists(st.tuples(st.integers(0, 300 * 512), st.integers(1, 64 * 512)), max_size=60))
 @settings(max_examples=100, deadline=None)
-def test_ranges_round_trip_and_reads_cover_exactly_the_blocks(blocks):
-    disk = 301 * BS - 4096  # a short last block
-    assert blk.from_ranges(blk.to_ranges(blocks)) == blocks
-    covered = set()
-    for offset, length in blk.reads(blocks, BS, disk, max_read=4 * BS):
-        assert offset % BS == 0 and 0 < length <= 4 * BS and offset + length <= disk
-        covered |= set(range(offset // BS, -(-(offset + length) // BS)))
-    assert covered == blocks
+def test_extents_round_trip_and_reads_cover_exactly_the_spans(pairs):
+    spans = [(a, a + n) for a, n in pairs]
+    merged = blk.merge(spans)
+    assert blk.of_extents(blk.to_extents(spans)) == merged
+    covered = []
+    for offset, length in blk.reads(spans, max_read=4 * 512):
+        assert 0 < length <= 4 * 512
+        covered.append((offset, offset + length))
+    assert blk.merge(covered) == merged
+    assert blk.total(covered) == blk.total(spans) == sum(b - a for a, b in merged)
 
 
 def _item(state=ItemState.COMMITTED, **kw) -> ProtectedItem:

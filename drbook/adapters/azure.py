@@ -68,6 +68,7 @@ STORAGE_SKU = "Standard_LRS"
 T = TypeVar("T")
 
 
+STORAGE_API_VERSION = "2021-08-06"  # for the ranged reads of granted disks (x-ms-range)
 HTTP_POOL = 32  # connections to ARM kept open (flows/common.parallel runs up to 16 machines at once)
 
 
@@ -294,8 +295,26 @@ class AzureRecoverySite:
         return sorted(ranges, key=lambda r: r.start)
 
     def read_range(self, sas_url: str, offset: int, length: int) -> bytes:
-        with map_blob_errors("read a granted disk"), self._sas_blob(sas_url) as blob:
-            return blob.download_blob(offset=offset, length=length).readall()
+        """One ranged GET on the SAS URL, on the shared connection pool. (download_blob builds a
+        client and, for a page blob, first lists the blob's page ranges on every call: after
+        thousands of small guest writes that list made each 64 KiB read cost 190 ms, not 8.)"""
+        import requests
+
+        if length <= 0:
+            return b""
+        headers = {"x-ms-range": f"bytes={offset}-{offset + length - 1}", "x-ms-version": STORAGE_API_VERSION}
+        verify = str(self.cfg.ca_bundle) if self.cfg.ca_bundle else True
+        try:
+            response = self.clients._session.get(sas_url, headers=headers, verify=verify, timeout=(10, 120))
+        except requests.RequestException as exc:
+            raise AzureTransientError(f"read {length} bytes at {offset} of a granted disk: {type(exc).__name__}") from None
+        if response.status_code not in (200, 206):
+            code = response.headers.get("x-ms-error-code", "")
+            what = f"read {length} bytes at {offset} of a granted disk: HTTP {response.status_code} {code}".strip()
+            if response.status_code in (408, 429, 500, 502, 503, 504):
+                raise AzureTransientError(what)
+            raise AzureError(what)
+        return response.content
 
     # -- NICs and VMs
     def create_nic(self, spec: NicSpec) -> CreatedNic:

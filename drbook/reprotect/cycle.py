@@ -2,15 +2,14 @@
 ranges since the target's baseline snapshot, those blocks read through a SAS and written by
 the master target, then the new baseline recorded.
 
-Crash safety without staging: the baseline stays the old snapshot until the cycle is
-recorded, and the blocks a cycle starts writing are recorded first (`in_flight`), so a cycle
-run again after any failure writes them again whatever the next diff says."""
+Only the changed ranges cross the wire (not whole blocks: a 4 KiB write moves 4 KiB). Crash
+safety without staging: the baseline stays the old snapshot until the cycle is recorded, and
+the ranges a cycle starts writing are recorded first (`in_flight`), so a cycle run again after
+any failure writes them again whatever the next diff says."""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import io
 import logging
 import time
 import uuid
@@ -26,7 +25,6 @@ from drbook.reprotect import blocks as blk
 from drbook.reprotect.master import TargetDisk, apply_session, drift
 from drbook.reprotect.model import (
     CYCLE_PURPOSE, ITEM_TAG, KEPT_CYCLES, PURPOSE_TAG, ReprotectRecord, ReverseCycle, ReverseDisk, reprotect_key,
-    reverse_manifest_key,
 )
 
 log = logging.getLogger("drbook.reprotect")
@@ -45,18 +43,12 @@ def snapshot_tags(record: ReprotectRecord, purpose: str) -> dict[str, str]:
     return {TAG_RUN: record.failover_run_id, PURPOSE_TAG: purpose, ITEM_TAG: record.item}
 
 
-def load_manifest(vault, key: str) -> Manifest:  # noqa: ANN001 - Vault
-    return Manifest.read(io.BytesIO(vault.get_bytes(key)), what=key)
-
-
 def target_disks(record: ReprotectRecord) -> list[TargetDisk]:
     return [TargetDisk(d.disk, d.target_path, d.size) for d in record.disks]
 
 
-def baseline_manifest(site, record: ReprotectRecord, d: ReverseDisk) -> Manifest:  # noqa: ANN001 - Site
-    """What the target holds for `d` when its baseline's bytes are on it."""
-    if d.manifest_key:
-        return load_manifest(site.vault, d.manifest_key)
+def point_manifest(site, record: ReprotectRecord, d: ReverseDisk) -> Manifest:  # noqa: ANN001 - Site
+    """The failover point's manifest of `d`: what the target holds unless it drifted."""
     found = site.engine.points.manifest(record.item, record.point_id, d.disk)
     if found is None:
         raise DRError(f"{record.item}: the manifest of the failover point {record.point_id} disk {d.disk} is missing")
@@ -108,80 +100,70 @@ def run_cycle(site, record: ReprotectRecord, *, final: bool = False, fault: Faul
     fault("snapshotted")
 
     target_cfg = site.machine(record.target)
-    manifests = {d.disk: baseline_manifest(site, record, d) for d in record.disks}
     drifted: dict[str, set[int]] = {}
     if any(d.baseline_is_point for d in record.disks):
         # The first cycle's baseline is the failover point: what the target changed since
         # (an unplanned failover's source kept running; another VM holds other bytes) moves too.
         shell = site.shell_for(target_cfg)
         try:
-            drifted = drift(shell, target_cfg, target_disks(record), [manifests[d.disk] for d in record.disks])
+            drifted = drift(shell, target_cfg, target_disks(record), [point_manifest(site, record, d) for d in record.disks])
         finally:
             shell.close()
 
-    plans: dict[str, tuple[str, set[int], int]] = {}
-    must: dict[str, set[int]] = {}  # blocks whose bytes on the target are not known: written whatever their hash
+    plans: dict[str, tuple[str, list[blk.Span], int]] = {}
     for d in record.disks:
         sas = _grant(azure, d.resource_group, current[d.disk])
         if d.baseline:
-            ranges = azure.page_diff(sas, _grant(azure, d.resource_group, d.baseline))
-            todo = blk.blocks_of_ranges(ranges, d.block_size, d.size)
-            changed = blk.changed_bytes(ranges, d.size)
-        else:  # no baseline snapshot: every block is read, and those that differ from the target move
-            todo = set(range(-(-d.size // d.block_size)))
-            changed = d.size
-        must[d.disk] = drifted.get(d.disk, set()) | blk.from_ranges(d.in_flight)
-        todo |= must[d.disk]
-        plans[d.disk] = (sas, todo, changed)
+            diff = blk.of_ranges(azure.page_diff(sas, _grant(azure, d.resource_group, d.baseline)), d.size)
+            changed = blk.total(diff)
+        else:  # no baseline snapshot (a failover before S0 existed): the whole disk moves, a resync
+            diff, changed = [(0, d.size)], d.size
+        spans = diff + blk.of_blocks(drifted.get(d.disk, ()), d.block_size, d.size) + blk.of_extents(d.in_flight)
+        plans[d.disk] = (sas, blk.merge(spans, gap=blk.JOIN_GAP), changed)
 
     def mark_in_flight(r: ReprotectRecord) -> ReprotectRecord:
         for x in r.disks:
-            x.in_flight = blk.to_ranges(plans[x.disk][1] | blk.from_ranges(x.in_flight))
+            x.in_flight = blk.to_extents(plans[x.disk][1] + blk.of_extents(x.in_flight))
         r.updated = utcnow()
         return r
     record = site.vault.update(reprotect_key(record.item), ReprotectRecord, mark_in_flight)
     fault("planned")
 
     moved = zeros = 0
-    new_keys: dict[str, str] = {}
     with apply_session(site.shell_for, target_cfg, target_disks(record)) as session:
         for index, d in enumerate(record.disks):
-            sas, todo, _ = plans[d.disk]
-            manifest = manifests[d.disk]
-            done, total = 0, len(todo) * d.block_size
-            reads = list(blk.reads(todo, d.block_size, d.size))
+            sas, spans, _ = plans[d.disk]
+            done, todo = 0, blk.total(spans)
+            reads = list(blk.reads(spans))
             with ThreadPoolExecutor(READ_WORKERS) as pool:
                 for (offset, length), data in zip(reads, pool.map(lambda r: azure.read_range(sas, *r), reads)):
                     if len(data) != length:
                         raise DRError(f"{record.item}: read {len(data)} of {length} bytes at {offset} of "
                                       f"{current[d.disk]}")
-                    moved_now, zeros_now = _apply_read(session, index, offset, memoryview(data), d.block_size,
-                                                       manifest, must[d.disk])
-                    moved += moved_now
-                    zeros += zeros_now
+                    if data.count(0) == length:
+                        session.zeros(index, offset, length)
+                        zeros += length
+                    else:
+                        session.block(index, offset, data)
+                        moved += length
                     done += length
                     if progress:
-                        progress(d.disk, done, total)
+                        progress(d.disk, done, todo)
                     if done == length:
                         fault("applying")
             session.end_disk(index)
         session.close()
-    for d in record.disks:
-        key = reverse_manifest_key(record.item, current[d.disk], d.disk)
-        site.vault.put_bytes(key, manifests[d.disk].to_bytes())
-        new_keys[d.disk] = key
     fault("applied")
 
-    old = {d.disk: (d.baseline, d.manifest_key) for d in record.disks}
+    old = {d.disk: d.baseline for d in record.disks}
     cycle = ReverseCycle(number=number, started=started, finished=utcnow(), snapshot_time=snap_time, final=final,
-                         first=first, blocks_changed=sum(len(t) for _, t, _ in plans.values()),
-                         bytes_changed=sum(c for _, _, c in plans.values()), bytes_moved=moved, zero_blocks=zeros,
+                         first=first, ranges=sum(len(sp) for _, sp, _ in plans.values()),
+                         bytes_changed=sum(c for _, _, c in plans.values()), bytes_moved=moved, zero_bytes=zeros,
                          seconds=round(time.monotonic() - t0, 3))
 
     def commit(r: ReprotectRecord) -> ReprotectRecord:
         for x in r.disks:
-            x.baseline, x.manifest_key = current[x.disk], new_keys[x.disk]
-            x.baseline_is_point, x.in_flight = False, []
+            x.baseline, x.baseline_is_point, x.in_flight = current[x.disk], False, []
         r.cycle_count = number
         r.cycles = (r.cycles + [cycle])[-KEPT_CYCLES:]
         r.updated = utcnow()
@@ -191,50 +173,14 @@ def run_cycle(site, record: ReprotectRecord, *, final: bool = False, fault: Faul
 
     # The old baselines are no longer needed; what fails here is swept by the next cycle.
     for d in record.disks:
-        before, before_key = old[d.disk]
+        before = old[d.disk]
         try:
             azure.revoke_snapshot_access(d.resource_group, current[d.disk])
             if before and before.lower() != current[d.disk].lower():
                 release_snapshot(azure, d.resource_group, before)
-            if before_key and before_key != new_keys[d.disk]:
-                site.vault.delete(before_key)
         except DRError as exc:
             log.warning("%s: could not remove the old baseline %s yet (%s); the next cycle will", record.item, before, exc)
     return record
-
-
-def _apply_read(session, disk: int, offset: int, view: memoryview, block_size: int, manifest: Manifest,  # noqa: ANN001
-                must: set[int]) -> tuple[int, int]:
-    """Send the blocks of one read that the target does not already hold (by their hash against
-    the target's manifest, except `must` blocks), contiguous ones in one frame; update the
-    manifest. (bytes sent as data, zero blocks sent)."""
-    moved = zeros = 0
-    run_start: int | None = None
-
-    def flush(end: int) -> None:
-        nonlocal moved, zeros
-        if run_start is None:
-            return
-        piece = view[run_start:end]
-        if bytes(piece).count(0) == len(piece):
-            session.zeros(disk, offset + run_start, len(piece))
-            zeros += -(-len(piece) // block_size)
-        else:
-            session.block(disk, offset + run_start, piece)
-            moved += len(piece)
-
-    for pos in range(0, len(view), block_size):
-        index = (offset + pos) // block_size
-        digest = hashlib.sha256(view[pos:pos + block_size]).digest()
-        send = index in must or manifest[index] != digest
-        manifest[index] = digest
-        if send and run_start is None:
-            run_start = pos
-        elif not send and run_start is not None:
-            flush(pos)
-            run_start = None
-    flush(len(view))
-    return moved, zeros
 
 
 def cycle_lag(record: ReprotectRecord, now: dt.datetime | None = None) -> float | None:

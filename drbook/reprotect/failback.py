@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from drbook.errors import PreflightError, StateTransitionError
 from drbook.failover.build import resources_of_run, sweep_run
 from drbook.models import AuditEntry, ItemState, ProtectedItem, utcnow
-from drbook.reprotect.cycle import SAS_SECONDS, load_manifest, release_snapshot, target_disks
+from drbook.replication.manifest import Manifest
+from drbook.reprotect.cycle import SAS_SECONDS, release_snapshot, target_disks
 from drbook.reprotect.master import drift
 from drbook.reprotect.model import ITEM_TAG, ReprotectRecord, Verification, reprotect_key
 from drbook.vault import item_key
@@ -25,44 +26,43 @@ def require_record(site, item_name: str) -> ReprotectRecord:  # noqa: ANN001 - S
     return record
 
 
-def _azure_bad_blocks(site, record: ReprotectRecord, disk, manifest) -> tuple[list[int], int]:  # noqa: ANN001
-    """Blocks of the baseline snapshot (read through a SAS) whose hash is not the manifest's."""
+def snapshot_manifest(site, disk) -> Manifest:  # noqa: ANN001 - Site, ReverseDisk
+    """The block hashes of the disk's baseline snapshot (after failback: the Azure disk at
+    shutdown), read back through a SAS, at the forward replication's block size."""
     azure = site.azure
     azure.revoke_snapshot_access(disk.resource_group, disk.baseline)
     sas = azure.grant_snapshot_access(disk.resource_group, disk.baseline, SAS_SECONDS)
     bs = disk.block_size
     chunk = VERIFY_CHUNK - VERIFY_CHUNK % bs
 
-    def bad_in(start: int) -> list[int]:
+    def hashes_of(start: int) -> bytes:
         data = memoryview(azure.read_range(sas, start, min(chunk, disk.size - start)))
-        return [(start + i) // bs for i in range(0, len(data), bs)
-                if hashlib.sha256(data[i:i + bs]).digest() != manifest[(start + i) // bs]]
+        return b"".join(hashlib.sha256(data[i:i + bs]).digest() for i in range(0, len(data), bs))
 
     try:
         with ThreadPoolExecutor(VERIFY_WORKERS) as pool:
-            bad = [b for part in pool.map(bad_in, range(0, disk.size, chunk)) for b in part]
+            hashes = b"".join(pool.map(hashes_of, range(0, disk.size, chunk)))
     finally:
         azure.revoke_snapshot_access(disk.resource_group, disk.baseline)
-    return bad, disk.size
+    return Manifest(disk.size, bs, hashes)
 
 
 def verify(site, record: ReprotectRecord) -> Verification:  # noqa: ANN001 - Site
-    """Both sides against the reverse manifest: the final snapshot's bytes as Azure serves
-    them, and the target's bytes as the master target's agent reads them."""
-    manifests = {d.disk: load_manifest(site.vault, d.manifest_key) for d in record.disks}
+    """Every block of every target disk against the final snapshot: its hashes as Azure serves
+    its bytes, the target's as the master target's agent reads its disks."""
+    manifests = {d.disk: snapshot_manifest(site, d) for d in record.disks}
     target = site.machine(record.target)
     shell = site.shell_for(target)
     try:
-        target_bad = drift(shell, target, target_disks(record), [manifests[d.disk] for d in record.disks])
+        bad = drift(shell, target, target_disks(record), [manifests[d.disk] for d in record.disks])
     finally:
         shell.close()
     result = Verification(ok=True)
     for d in record.disks:
-        azure_bad, verified = _azure_bad_blocks(site, record, d, manifests[d.disk])
-        tbad = sorted(target_bad.get(d.disk, set()))
-        result.disks[d.disk] = {"bytes_verified": verified, "azure_bad_blocks": azure_bad[:20],
-                                "target_bad_blocks": tbad[:20], "snapshot": d.baseline, "target": d.target_path}
-        result.ok = result.ok and not azure_bad and not tbad
+        differing = sorted(bad.get(d.disk, set()))
+        result.disks[d.disk] = {"bytes_verified": d.size, "blocks": manifests[d.disk].blocks,
+                                "bad_blocks": differing[:20], "snapshot": d.baseline, "target": d.target_path}
+        result.ok = result.ok and not differing
     return result
 
 

@@ -21,11 +21,11 @@ CYCLE_PURPOSE = "reprotect-cycle"
 ITEM_TAG = "drbook-reprotect-item"
 
 
-class Range(BaseModel):
-    """Blocks [first, first + count) of a disk."""
+class Extent(BaseModel):
+    """Bytes [start, start + length) of a disk."""
 
-    first: int
-    count: int
+    start: int
+    length: int
 
 
 class ReverseDisk(BaseModel):
@@ -35,13 +35,12 @@ class ReverseDisk(BaseModel):
     disk_id: str
     target_path: str             # the disk (file or block device) on the master target
     size: int                    # bytes carried back: the protected disk's size
-    block_size: int
+    block_size: int              # the forward replication's: the failover point's manifest (drift, verification)
     baseline: str | None = None  # the snapshot the target equals (after a whole cycle), or S0
     baseline_is_point: bool = False  # the baseline is S0 = the failover point: the target's own drift counts too
-    manifest_key: str | None = None  # the target's block hashes after the last whole cycle
-    # Blocks a cycle started writing and did not finish: the next cycle writes them again
-    # whatever the diff says (a content diff can miss a block changed and changed back).
-    in_flight: list[Range] = []
+    # Bytes a cycle started writing and did not finish: the next cycle writes them again
+    # whatever the diff says (a content diff can miss a range changed and changed back).
+    in_flight: list[Extent] = []
 
 
 class ReverseCycle(BaseModel):
@@ -51,17 +50,17 @@ class ReverseCycle(BaseModel):
     snapshot_time: dt.datetime
     final: bool = False
     first: bool = False
-    blocks_changed: int = 0      # blocks the diff (and the target's drift) named
+    ranges: int = 0              # extents read and written (the diff's, the target's drift, a torn cycle's)
     bytes_changed: int = 0       # bytes in the diff's ranges
-    bytes_moved: int = 0         # bytes sent to the master target (zero ranges count 0)
-    zero_blocks: int = 0
+    bytes_moved: int = 0         # bytes read from Azure and sent to the master target as data
+    zero_bytes: int = 0          # bytes sent as zero ranges (nothing read: Azure says they are clear)
     seconds: float = 0.0
 
 
 class Verification(BaseModel):
     ok: bool
     time: dt.datetime = Field(default_factory=utcnow)
-    disks: dict[str, dict] = {}  # disk -> {bytes_verified, azure_bad_blocks, target_bad_blocks}
+    disks: dict[str, dict] = {}  # disk -> {bytes_verified, blocks, bad_blocks, snapshot, target}
     forced_reason: str | None = None
 
 
@@ -97,6 +96,3 @@ KEPT_CYCLES = 50
 def reprotect_key(item: str) -> str:
     return f"reprotect/{item}.json"
 
-
-def reverse_manifest_key(item: str, snapshot: str, disk: str) -> str:
-    return f"reprotect/{item}/{snapshot}/{disk}.bin"

@@ -32,5 +32,5 @@ def failback_summary(records: list[ReprotectRecord], run_id: str) -> str:
 
 
 def reprotect_table(rows: list[dict]) -> list[dict]:
-    return [{k: r[k] for k in ("item", "target", "target_kind", "cycle", "blocks_changed", "bytes_changed",
+    return [{k: r[k] for k in ("item", "target", "target_kind", "cycle", "ranges", "bytes_changed",
                                "bytes_moved", "seconds", "lag_seconds")} for r in rows]
