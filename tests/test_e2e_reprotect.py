@@ -168,18 +168,19 @@ def test_round_trip_reprotect_failback_commit_and_protect_again(lab, sdk, arm, s
     assert report.ok, report
 
 
-def test_an_interrupted_reverse_cycle_resumes_without_loss(lab, sdk, arm, site, site_path):
+def test_an_interrupted_reverse_cycle_resumes_without_loss(lab, lab_control, sdk, arm, site, site_path):
     """A second round trip of db01 (protected again by the test above: module order), with a cycle
-    torn at every phase before it is recorded, and one whose master-target agent is killed."""
+    torn at every phase before it is recorded (the process server dying), one whose master-target
+    agent is killed, and one whose SSH connection drops."""
     limits = arm.snapshot_limits()
     arm.set_snapshot_limits(max_per_window=50)  # six torn and whole cycles within Azure's 5 minutes
     try:
-        _torn_cycles_then_failback(lab, sdk, arm, site, site_path)
+        _torn_cycles_then_failback(lab, lab_control, sdk, arm, site, site_path)
     finally:
         arm.set_snapshot_limits(max_per_window=limits["maxPerWindow"])
 
 
-def _torn_cycles_then_failback(lab, sdk, arm, site, site_path) -> None:
+def _torn_cycles_then_failback(lab, lab_control, sdk, arm, site, site_path) -> None:
     thread, out = run_in_thread(failover_flow, [M], planned=True, approval_timeout=60, site_path=site_path)
     answer(wait_for_paused_run([M], site_path), approve=True, approver="tester")
     thread.join(300)
@@ -205,6 +206,15 @@ def _torn_cycles_then_failback(lab, sdk, arm, site, site_path) -> None:
                 time.sleep(0.5)
         with pytest.raises(ReplicationError, match="master target|applying the changes failed"):
             run_cycle(site, site.vault.get(reprotect_key(M), ReprotectRecord), fault=kill_agent)
+
+        def drop_ssh(at: str) -> None:  # the SSH connection to the master target dies mid-stream
+            if at == "applying":
+                daemon = lab_control.managed(f"sshd-{M}").pid()
+                assert daemon, "db01's sshd is not running"
+                subprocess.run(["pkill", "-KILL", "-P", str(daemon)], check=False)  # its sessions, not the daemon
+                time.sleep(0.5)
+        with pytest.raises(ReplicationError, match="master target|applying the changes failed"):
+            run_cycle(site, site.vault.get(reprotect_key(M), ReprotectRecord), fault=drop_ssh)
         assert any(d.in_flight for d in site.vault.get(reprotect_key(M), ReprotectRecord).disks), "torn blocks on record"
         # This time home through a recovery plan: its failback script runs on the machine it came home to.
         plan = Path(site_path).parent / "home.yaml"
