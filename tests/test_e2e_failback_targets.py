@@ -2,8 +2,8 @@
 then comes home on spare01 (a VMware VM holding an older copy of app02's disk: the first
 reverse cycle is a delta chosen by hashes), and after a second failover on phys01 (a
 physical server with a blank disk: the first cycle moves every non-zero block). Each
-target's disks are held to the Azure guest's write log. Protecting app02 again after such a
-failback is refused: its data now lives on the target.
+target's disks are held to the Azure guest's write log. Protection then resumes with app02 on
+the machine its data came home to: a delta against the replica in Azure.
 
 app02 only (other modules may use db01 and app01 meanwhile), with the lab's spares."""
 
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from drbook.approvals import answer
-from drbook.errors import PreflightError
 from drbook.failover.build import resources_of_run
 from drbook.flows.failover import commit_flow, failover_flow
 from drbook.flows.prepare_azure import prepare_azure_flow
@@ -110,12 +109,17 @@ def _commit_failback(site, site_path: str) -> None:  # noqa: ANN001
     assert site.vault.get(reprotect_key(M), ReprotectRecord).status == "committed"
 
 
-def _refused_again(site, site_path: str, target: str) -> None:  # noqa: ANN001
-    before = site.vault.item(M)
-    with pytest.raises(PreflightError, match=f"{M} came back on {target}: protect {target} as a machine of its own "
-                                             rf"\(its disks hold {M}'s data\)"):
-        enable_replication_flow([M], site_path=site_path)
-    assert site.vault.item(M) == before
+def _protected_again_on(site, site_path: str, target: str) -> dict:  # noqa: ANN001
+    """Protection resumes with the item on the machine its data came home to: a delta against
+    the replica in Azure, and the new point verifies."""
+    [again] = enable_replication_flow([M], site_path=site_path)
+    item = site.vault.item(M)
+    assert item.state == ItemState.PROTECTED and item.machine == target, item
+    assert all(d.path == site.machine(target).disks[i].path for i, d in enumerate(item.disks))
+    total = sum(d.size_bytes for d in item.disks)
+    assert not again["resync"] and again["bytes_sent"] < total / 4, again
+    assert site.engine.verify_point(M, again["point"]).ok
+    return again
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -175,24 +179,20 @@ def test_failback_to_another_vm_holding_an_older_copy_moves_a_delta(lab, sdk, ar
     record = site.vault.get(reprotect_key(M), ReprotectRecord)
     assert (record.target, record.target_kind, record.target_vm) == (SPARE, "alternate", SPARE)
     _commit_failback(site, site_path)
-    _refused_again(site, site_path, SPARE)
+    _protected_again_on(site, site_path, SPARE)
 
 
 def test_failback_to_a_blank_physical_server_moves_every_nonzero_block(lab, sdk, arm, site, site_path, failed_over):
-    # app02 cannot resume protection (its data is on spare01): it leaves protection, and is
-    # protected anew (a full initial copy of its own disk), then fails over a second time.
-    site.vault.transition(M, ItemState.UNPROTECTED, reason="test: app02 is protected anew after a failback elsewhere")
-    [again] = enable_replication_flow([M], site_path=site_path)
-    assert _state(site) == ItemState.PROTECTED
-    print(f"\n{M} protected anew: {again['bytes_sent']} bytes sent, resync {again['resync']}")
-    protected = {name: path.read_bytes() for name, path in _disks(lab, M).items()}
-    writer = start_writer(lab, M, failed_over["tmp"], rate=4, seed=65)
+    # app02 is protected on spare01 now (the test above): it fails over a second time from there.
+    assert site.vault.item(M).machine == SPARE
+    protected = {"disk0": _disks(lab, SPARE)["disk0"].read_bytes()}
+    writer = start_writer(lab, SPARE, failed_over["tmp"], rate=4, seed=65)
     try:
         time.sleep(2.0)
         vm = _fail_over_and_commit(site, site_path)
     finally:
         writer.stop()
-    at_point = {name: path.read_bytes() for name, path in _disks(lab, M).items()}
+    at_point = {"disk0": _disks(lab, SPARE)["disk0"].read_bytes()}
     assert at_point != protected, "the writer changed nothing before the second failover"
 
     phys = _disks(lab, PHYS)
@@ -220,4 +220,4 @@ def test_failback_to_a_blank_physical_server_moves_every_nonzero_block(lab, sdk,
     record = site.vault.get(reprotect_key(M), ReprotectRecord)
     assert (record.target, record.target_kind, record.target_vm) == (PHYS, "physical", None)
     _commit_failback(site, site_path)
-    _refused_again(site, site_path, PHYS)
+    _protected_again_on(site, site_path, PHYS)

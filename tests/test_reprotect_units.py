@@ -99,11 +99,11 @@ def test_targets_kind_and_a_protected_machine_is_not_a_target():
 
 
 @pytest.mark.parametrize(("target", "vm", "kind"), [("spare01", "spare01", "alternate"), ("phys01", None, "physical")])
-def test_protection_again_after_a_failback_to_another_machine_is_refused_naming_it(target, vm, kind):
+def test_protection_again_after_a_failback_elsewhere_follows_the_data(target, vm, kind):
     from types import SimpleNamespace
 
     from drbook.reprotect.model import reprotect_key
-    from drbook.reprotect.reenable import require_reenable
+    from drbook.reprotect.reenable import follow_data, require_reenable
 
     item = _item(ItemState.FAILED_BACK)
     record = new_record(_item(), _machine(target, [None, None], vm=vm), disk_ids={"disk0": "id0", "disk1": "id1"},
@@ -115,14 +115,12 @@ def test_protection_again_after_a_failback_to_another_machine_is_refused_naming_
             return record if key == reprotect_key("app01") else None
 
     site = SimpleNamespace(vault=Vault())
-    with pytest.raises(PreflightError, match=f"app01 came back on {target}: protect {target} as a machine of its own "
-                                             r"\(its disks hold app01's data\)"):
-        require_reenable(site, item)
-    # The original machine, committed: protection resumes (nothing refused).
-    original = record.model_copy(update={"target": "app01", "target_kind": "original", "target_vm": "vm"})
-    record = original
-    require_reenable(site, item)
-    record = original.model_copy(update={"status": "failed-back"})
+    assert require_reenable(site, item) is record
+    follow_data(item, record)
+    assert (item.machine, item.vm_name) == (target, vm)
+    assert [d.path for d in item.disks] == [f"/{target}/d0", f"/{target}/d1"]
+    assert [d.name for d in item.disks] == ["disk0", "disk1"] and item.name == "app01"
+    record = record.model_copy(update={"status": "failed-back"})
     with pytest.raises(PreflightError, match="its failback is not committed"):
         require_reenable(site, item)
 
