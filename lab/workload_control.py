@@ -94,8 +94,22 @@ def start_azure_workload(lab: Lab, machine: str, vm_id: str, *, rate: float, sec
         argv += ["--azure-disk", f"{name}=@{url_file}"]
     if max_writes is not None:
         argv += ["--max-writes", str(max_writes)]
+    (control / "running").unlink(missing_ok=True)
     w.start(argv)
+    forget_urls(control, lambda: w.running())
     return (f"workload writer started on {machine}'s Azure VM: {rate} MB/s for {seconds:g} s, log {log}", log)
+
+
+def forget_urls(control: Path, alive, timeout: float = 30.0) -> None:  # noqa: ANN001 - () -> bool
+    """Delete the guest-disk URL files once the writer has read them (it has when it says it runs,
+    or once it has exited): a SAS URL left on disk is a secret left behind."""
+    deadline = time.monotonic() + timeout
+    try:
+        while not (control / "running").exists() and alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        for url_file in control.glob("*.url"):
+            url_file.unlink(missing_ok=True)
 
 
 def stop_writer(control: Path, timeout: float = 30.0) -> str:

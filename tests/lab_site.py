@@ -160,9 +160,9 @@ def start_azure_writer(lab: dict, arm, machine: str, vm_id: str, initial: dict[s
         url_file.chmod(0o600)
         argv += ["--azure-disk", f"{name}=@{url_file}"]
     proc = subprocess.Popen(argv)
-    deadline = time.monotonic() + 20
-    while not (control / "running").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the Azure workload writer of {machine} did not start")
-        time.sleep(0.02)
+    from lab.workload_control import forget_urls
+
+    forget_urls(control, lambda: proc.poll() is None, timeout=20)  # the SAS URLs: not left on disk
+    if not (control / "running").exists():
+        raise RuntimeError(f"the Azure workload writer of {machine} did not start")
     return Writer(machine, log, control, initial, proc)
