@@ -76,6 +76,12 @@ class Site:
     def machine(self, name: str) -> MachineConfig:
         return self.cfg.machine(name)
 
+    def machine_of(self, item: str) -> MachineConfig:
+        """The machine a protected item lives on now (after a failback to another machine it is
+        not the one it was named after); a name the vault does not protect is a machine's."""
+        found = self.vault.find_item(item)
+        return self.cfg.machine(found.machine if found is not None else item)
+
 
 def open_site(path: str | Path | None = None) -> Site:
     resolved = Path(path) if path else default_site_path()

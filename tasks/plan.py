@@ -21,7 +21,7 @@ def script_on_vm(site_path: str, resource_group: str, vm_name: str, os: str, scr
 @task(name="plan-script-on-source", **REMOTE)
 def script_on_source(site_path: str, machine: str, script: str, timeout: float) -> ScriptResult:
     site = open_site(site_path)
-    shell = site.shell_for(site.machine(machine))
+    shell = site.shell_for(site.machine_of(machine))
     try:
         result = shell.run("sh -s", stdin=script.encode(), timeout=timeout)
     finally:

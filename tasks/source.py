@@ -14,7 +14,7 @@ def quiesce_for_shutdown(site_path: str, machine: str) -> list[str]:
     """Stop the source's applications (its stop hooks): what the last cycle then reads is
     all there will ever be. Without stop hooks nothing guarantees that, and the log says so."""
     site = open_site(site_path)
-    cfg = site.machine(machine)
+    cfg = site.machine_of(machine)
     shell = site.shell_for(cfg)
     outputs = []
     try:
@@ -36,7 +36,7 @@ def quiesce_for_shutdown(site_path: str, machine: str) -> list[str]:
 def shut_down_source(site_path: str, machine: str) -> str:
     """A VMware VM is powered off through vCenter; a physical server shuts down over SSH."""
     site = open_site(site_path)
-    cfg = site.machine(machine)
+    cfg = site.machine_of(machine)
     if cfg.vm_name:
         from drbook.adapters.vsphere import from_site
 
