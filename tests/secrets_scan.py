@@ -836,7 +836,7 @@ def lifecycle_seen(lab: dict, service=None) -> Lifecycle:
         if c.name == ARM_DISKS_CONTAINER:
             continue
         client = service.get_container_client(c.name)
-        for prefix, ok in (("failovers/", {"succeeded"}), ("drills/", {"succeeded", "cleaned-up"})):
+        for prefix, ok in (("failovers/", {"succeeded", "committed"}), ("drills/", {"succeeded", "cleaned-up"})):
             for name in client.list_blob_names(name_starts_with=prefix):
                 try:
                     status = json.loads(client.get_blob_client(name).download_blob().readall()).get("status")
