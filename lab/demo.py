@@ -219,7 +219,7 @@ def _round_trip(lab, machine: str) -> None:  # noqa: ANN001 - lab.control.Lab
     vm_id = (f"/subscriptions/{site.cfg.azure.subscription_id}/resourceGroups/{ref.resource_group}"
              f"/providers/Microsoft.Compute/virtualMachines/{ref.vm_name}")
     with stage(f"guest writes in Azure ({machine})"):
-        message, _ = start_azure_workload(lab, machine, vm_id, rate=1, seconds=900, seed=9)
+        message, _ = start_azure_workload(lab, machine, vm_id, rate=0.25, seconds=900, seed=9)
         console.print(message)
         time.sleep(3)
     with stage("reprotect (changed blocks only, the VM running)") as row:
