@@ -17,7 +17,7 @@ from prefect.input import RunInput
 from pydantic import Field, create_model
 
 from drbook import state as statelib
-from drbook.errors import ApprovalRejected, VerificationError
+from drbook.errors import ApprovalRejected
 from drbook.failover.approval import HOW_TO_ANSWER
 from drbook.models import AuditEntry
 from drbook.reprotect import failback as fb
@@ -127,9 +127,7 @@ def fail_back_one(sp: str, machine: str, run_id: str) -> dict:
     try:
         cycle = rt.reverse_cycle(sp, machine, final=True)
         check = rt.verify(sp, machine)
-        if not check.ok:
-            raise VerificationError(f"{machine}: the on-premises disks do not equal the Azure disks at shutdown: "
-                                    f"{ {d: v['bad_blocks'] for d, v in check.disks.items()} }")
+        fb.require_verified(machine, check)
     except BaseException:
         rt.restart_azure_vm(sp, machine)
         raise

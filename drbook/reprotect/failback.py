@@ -66,6 +66,16 @@ def verify(site, record: ReprotectRecord) -> Verification:  # noqa: ANN001 - Sit
     return result
 
 
+def require_verified(machine: str, check: Verification) -> None:
+    """A failback goes on only when every block of every target disk equals the final snapshot."""
+    from drbook.errors import VerificationError
+
+    if not check.ok:
+        bad = {d: v["bad_blocks"] for d, v in check.disks.items() if v["bad_blocks"]}
+        raise VerificationError(f"{machine}: the on-premises disks do not equal the Azure disks at shutdown "
+                                f"(first differing blocks: {bad})")
+
+
 def failed_back(site, machines: list[str]) -> list[str]:  # noqa: ANN001 - Site
     """The machines whose commit is a failback's (the others' is a failover's)."""
     return [m for m in machines if (i := site.vault.find_item(m)) is not None and i.state == ItemState.FAILED_BACK]
