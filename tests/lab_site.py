@@ -101,19 +101,19 @@ def run_in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
-def wait_for_paused_run(machines: list[str], site_path: str, timeout: float = 60) -> str:
-    """The paused run of exactly these machines of this site (the lab's Prefect server is
-    shared: other sites' runs of the same machines may wait too)."""
+def wait_for_paused_run(machines: list[str] | None, site_path: str, timeout: float = 60, *, flow: str | None = None) -> str:
+    """The paused run of exactly these machines (or, for a plan's run, of this `flow`) of this
+    site (the lab's Prefect server is shared: other sites' runs of the same machines may wait too)."""
     from drbook.approvals import waiting_approvals
 
-    want = ", ".join(machines)
+    want = ", ".join(machines or [])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for row in waiting_approvals():
-            if row["machines"] == want and row["site_path"] == site_path:
+            if row["site_path"] == site_path and (row["flow"] == flow if flow else row["machines"] == want):
                 return row["run_id"]
         time.sleep(0.2)
-    raise AssertionError(f"no paused run for {want} of {site_path}")
+    raise AssertionError(f"no paused run for {flow or want} of {site_path}")
 
 
 def point_problems(site, item: str, point, expected) -> tuple[list[str], list[str]]:  # noqa: ANN001

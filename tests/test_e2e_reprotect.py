@@ -42,18 +42,6 @@ def _state(site) -> ItemState:
     return site.vault.item(M).state
 
 
-def _paused(flow: str, site_path: str, timeout: float = 60) -> str:
-    from drbook.approvals import waiting_approvals
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for row in waiting_approvals():
-            if row["flow"] == flow and row["site_path"] == site_path:
-                return row["run_id"]
-        time.sleep(0.2)
-    raise AssertionError(f"no paused {flow} run of {site_path}")
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "drbook.cli", *args], capture_output=True, text=True)
 
@@ -221,7 +209,7 @@ def _torn_cycles_then_failback(lab, lab_control, sdk, arm, site, site_path) -> N
         plan.write_text(yaml.safe_dump({"name": "home", "groups": [{"name": "database", "machines": [M], "post": [
             {"script": "plan_check_app.sh.j2", "directions": ["failback"]}]}]}))
         thread, out = run_in_thread(plan_failback_flow, str(plan), approval_timeout=60, site_path=site_path)
-        answer(_paused("plan-failback", site_path), approve=True, approver="tester")
+        answer(wait_for_paused_run(None, site_path, flow="plan-failback"), approve=True, approver="tester")
         thread.join(300)
         assert "result" in out, f"plan failback failed: {out.get('error')!r}"
         guest.proc.wait(timeout=30)
