@@ -528,7 +528,81 @@ def deploy_cmd(
               f"{' (created)' if result.pool_created else ''}: {', '.join(result.deployments)}")
     if result.alerts is not None:
         out.print(f"RPO alerts: {', '.join(result.alerts) or 'none'}")
-    out.print(f"run them with a worker: prefect worker start --pool {result.pool} --type process")
+    out.print(f"process servers: {', '.join(result.process_servers)}")
+    out.print("on each process server's host: drbook process-server start NAME (a Prefect worker of its queues)")
+
+
+# -- process servers (scale-out) ----------------------------------------------------------------
+ps_app = typer.Typer(no_args_is_help=True, help="Process servers: Prefect workers that run replication, each "
+                                                "serving its own machines (drbook.scaleout).")
+app.add_typer(ps_app, name="process-server")
+
+
+@ps_app.command("list")
+def ps_list_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Each process server: online or lost (its queue polled or not), the machines whose cycles it
+    runs, those it took over and those of its own run elsewhere."""
+    from drbook.models import utcnow
+    from drbook.scaleout.queues import read_queues
+    from drbook.scaleout.status import server_rows
+    from drbook.site import open_site
+    from drbook.tasks.scaleout import read_assignment
+
+    s = open_site(_site_path(site))
+    rows = [r.model_dump() for r in server_rows(s.cfg, read_assignment(s), read_queues(), utcnow())]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        r["last poll"] = "never" if r["last_polled_s"] is None else f"{r['last_polled_s']:.0f} s ago"
+        r["machines"] = f"{len(r['items'])}: {' '.join(r['items'])}" if r["items"] else "0"
+        for k in ("taken_over", "away"):
+            r[k] = " ".join(r[k])
+    _table("process servers", rows, ["name", "queue", "address", "status", "last poll", "max_cycles", "machines",
+                                     "taken_over", "away"])
+
+
+@ps_app.command("rebalance")
+def ps_rebalance_cmd(dry_run: bool = typer.Option(False, "--dry-run", help="say what would move"),
+                     as_json: bool = typer.Option(False, "--json"), site: Optional[Path] = SiteOpt) -> None:
+    """Spread the machines again over the process servers online, by load (disks and the last
+    day's churn) and weight; pins stay. The next cycles run where they were moved."""
+    from drbook.models import utcnow
+    from drbook.site import open_site
+    from drbook.tasks.scaleout import dispatcher_lease, place
+
+    s = open_site(_site_path(site))
+    with dispatcher_lease(s, "rebalance"):
+        decision = place(s, s.vault.items(), utcnow(), rebalance=True, dry_run=dry_run)
+    moves = [m.model_dump() for m in decision.moves]
+    if as_json:
+        emit_json({"dry_run": dry_run, "moves": moves, "lost": decision.lost()})
+        return
+    _table("would move" if dry_run else "moved", moves, ["unit", "from_server", "to_server"])
+    if decision.lost():
+        out.print(f"lost (left out): {', '.join(decision.lost())}")
+
+
+@ps_app.command("start")
+def ps_start_cmd(name: str, healthcheck: bool = typer.Option(False, "--with-healthcheck",
+                                                             help="serve the worker's /health (Prefect's webserver)"),
+                 site: Optional[Path] = SiteOpt) -> None:
+    """Run this host's process server NAME: a Prefect worker of drbook's pool polling its queue
+    (and `default` when it runs the stages), with DRBOOK_PROCESS_SERVER=NAME for every run it
+    starts. Replaces this process with the worker."""
+    from drbook.config import load_site
+    from drbook.deploy import ensure_pool
+    from drbook.scaleout.queues import ensure_queues
+    from drbook.scaleout.worker import process_server, worker_argv, worker_env
+
+    site_path = _site_path(site)
+    cfg = load_site(Path(site_path))
+    ps = process_server(cfg, name)
+    ensure_pool()
+    ensure_queues(cfg.process_servers)
+    argv = worker_argv(ps, healthcheck=healthcheck)
+    console.print(f"process server {ps.name}: {' '.join(argv[1:])}")
+    os.execve(argv[0], argv, {**os.environ, **worker_env(ps), "DRBOOK_SITE": str(Path(site_path).resolve())})
 
 
 def _point(choice: str, *, ids_only: bool = False) -> None:

@@ -59,6 +59,8 @@ def _name(max_len: int, pattern: re.Pattern = _NAME, rule: str = _NAME_RULE) -> 
 
 
 MachineName = Annotated[str, _name(48)]
+# A Prefect work queue name too.
+ProcessServerName = Annotated[str, _name(40)]
 DiskName = Annotated[str, _name(31)]
 PolicyName = Annotated[str, _name(63)]
 # The isolated twin of a vnet is <vnet>-test, at most 64 characters (drbook.failover.prepare).
@@ -248,10 +250,50 @@ class CycleConfig(_Strict):
 
 
 class ProcessServerConfig(_Strict):
-    name: str
-    work_queue: str = "default"
-    cycle: CycleConfig = Field(CycleConfig(), description="replication cycle settings; the engine of every "
-                                                          "process takes those of the site's first process server")
+    """A process server: a Prefect worker of drbook's pool on its own host, polling its own work
+    queue (replication cycles of the machines it serves) and, when `runs_stages`, the pool's
+    `default` queue (every other stage). drbook.scaleout assigns machines to process servers."""
+
+    name: ProcessServerName
+    work_queue: ProcessServerName | None = Field(None, description="its Prefect work queue; default: its name")
+    address: str | None = Field(None, description="the local address its SSH connections to the agents leave from "
+                                                  "(its own network segment); default: the system's choice")
+    machines: list[MachineName] = Field([], description="machines pinned to this process server; the others are "
+                                                       "balanced by disk size and churn")
+    max_cycles: int = Field(4, gt=0, le=1000, description="replication cycles it runs at once (its work queue's "
+                                                         "concurrency limit): more wait in the queue")
+    weight: float = Field(1.0, gt=0, le=1000, description="its share of the machines when balancing (2 = twice the load)")
+    runs_stages: bool = Field(True, description="also polls the `default` queue, where every stage other than a "
+                                                "scheduled cycle runs")
+    cycle: CycleConfig = Field(CycleConfig(), description="replication cycle settings of the cycles it runs")
+
+    @property
+    def queue(self) -> str:
+        return self.work_queue or self.name
+
+    @field_validator("address")
+    @classmethod
+    def _an_address(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.ip_address(v)
+        return v
+
+    @model_validator(mode="after")
+    def _not_the_stages_queue(self) -> "ProcessServerConfig":
+        if self.queue == "default":
+            raise ValueError("a process server's work queue cannot be 'default': that queue is the stages' "
+                             "(runs_stages: true makes its worker poll it too)")
+        return self
+
+
+class TakeoverConfig(_Strict):
+    """When a process server counts as lost (its work queue not polled) and when it takes its
+    machines back once it polls again."""
+
+    after_s: float = Field(60, ge=5, le=86_400, description="seconds without a poll before its machines move")
+    return_after_s: float = Field(30, ge=0, le=86_400, description="seconds it must poll again before they return")
+    automatic_return: bool = Field(True, description="False: machines stay where they were moved until "
+                                                     "`drbook rebalance`")
 
 
 class AlertsConfig(_Strict):
@@ -269,7 +311,9 @@ class SiteConfig(_Strict):
     vcenter: VCenterConfig | None = None
     azure: AzureConfig
     network_mapping: list[NetworkMapping] = []
-    process_servers: list[ProcessServerConfig] = [ProcessServerConfig(name="local")]
+    process_servers: Annotated[list[ProcessServerConfig], _unique_names("process server"),
+                               Field(min_length=1)] = [ProcessServerConfig(name="local")]
+    takeover: TakeoverConfig = TakeoverConfig()
     machines: Annotated[list[MachineConfig], _unique_names("machine")] = []
     policies: Annotated[list[PolicyConfig], _unique_names("policy")] = [PolicyConfig()]
     alerts: AlertsConfig | None = Field(None, description="RPO alert notifications (drbook.alerts)")
@@ -324,6 +368,25 @@ def _reference_problems(cfg: SiteConfig) -> Iterator[tuple[str, str]]:
             yield (f"machines.{i}.network", f"no network_mapping entry has source_network {m.network!r} "
                                             f"(mapped: {', '.join(sorted(mapped)) or 'none'})")
         yield from ((f"machines.{i}.{field}", why) for field, why in _access_problems(m))
+    yield from _process_server_problems(cfg)
+
+
+def _process_server_problems(cfg: SiteConfig) -> Iterator[tuple[str, str]]:
+    known = {m.name for m in cfg.machines}
+    pinned: dict[str, str] = {}
+    queues: dict[str, str] = {}
+    for i, ps in enumerate(cfg.process_servers):
+        other = queues.setdefault(ps.queue, ps.name)
+        if other != ps.name:
+            yield f"process_servers.{i}.work_queue", f"work queue {ps.queue!r} is process server {other!r}'s too"
+        for j, name in enumerate(ps.machines):
+            where = f"process_servers.{i}.machines.{j}"
+            if name not in known:
+                yield where, f"no machine named {name!r} in machines"
+            elif pinned.setdefault(name, ps.name) != ps.name:
+                yield where, f"{name} is pinned to process server {pinned[name]!r} already"
+    if not any(ps.runs_stages for ps in cfg.process_servers):
+        yield "process_servers", "no process server runs the stages (runs_stages: true on at least one)"
 
 
 def _access_problems(m: MachineConfig) -> Iterator[tuple[str, str]]:

@@ -45,6 +45,7 @@ class DeployResult(BaseModel):
     pool_created: bool
     deployments: list[str]
     alerts: list[str] | None = None  # None: drbook.alerts is not there (yet)
+    process_servers: list[str] = []  # each process server's work queue, made with its limit
 
 
 def prefect_yaml() -> Path:
@@ -164,6 +165,7 @@ def _deploy_file(path: Path, site_path: Path, api_url: str, bad_plans: list[str]
     pool_created = ensure_pool(POOL)
     if pool_created:
         say(f"created work pool {POOL} ({POOL_TYPE})")
+    servers = _ensure_process_server_queues(site_path, say)
     loadable = [r for r in refs if r.error is None]
     if loadable:
         say(f"deploying {len(loadable)} deployments from {path}")
@@ -175,7 +177,18 @@ def _deploy_file(path: Path, site_path: Path, api_url: str, bad_plans: list[str]
                + bad_plans)
         raise DeployError(f"{len(why)} of {len(refs) + len(bad_plans)} deployments not registered: {'; '.join(why)}")
     return DeployResult(pool=POOL, pool_created=pool_created, deployments=[r.full_name for r in loadable],
-                        alerts=_ensure_alerts(site_path))
+                        alerts=_ensure_alerts(site_path), process_servers=servers)
+
+
+def _ensure_process_server_queues(site_path: Path, say) -> list[str]:
+    """Each process server's work queue with its concurrency limit (drbook.scaleout.queues)."""
+    from drbook.config import load_site
+    from drbook.scaleout.queues import ensure_queues
+
+    servers = load_site(site_path).process_servers
+    for change in ensure_queues(servers):
+        say(change)
+    return [f"{ps.name} (queue {ps.queue}, at most {ps.max_cycles} cycles)" for ps in servers]
 
 
 def ensure_pool(name: str = POOL) -> bool:

@@ -157,6 +157,7 @@ class RecoveryPoint(Doc):
     cycle_id: str = ""
     resync: bool = False
     freeze_evidence: list[str] = Field([], description="what the quiesce hooks printed, e.g. the lab's pause mark")
+    process_server: str | None = Field(None, description="the process server whose cycle made it")
 
     def public(self) -> dict:
         """The shape `drbook points --json` prints."""

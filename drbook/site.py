@@ -62,16 +62,27 @@ class Site:
         except SecretError as exc:
             raise SecretError(f"{self.path}: azure.encryption_key: {exc}") from None
 
+    @cached_property
+    def process_server(self):
+        """The process server this process runs on (drbook.scaleout.worker)."""
+        from drbook.scaleout.worker import current_process_server
+
+        return current_process_server(self.cfg)
+
     def shell_for(self, machine: MachineConfig):
         from drbook.adapters.shell import shell_for
 
-        return shell_for(machine)
+        return shell_for(machine, source_address=self.process_server.address)
 
     @cached_property
     def engine(self):
+        from drbook.replication.cycle import CycleSettings
         from drbook.replication.engine import ReplicationEngine
 
-        return ReplicationEngine(self.cfg, self.vault, self.blob_service, self.shell_for, self.encryption_key)
+        ps = self.process_server
+        return ReplicationEngine(self.cfg, self.vault, self.blob_service, self.shell_for, self.encryption_key,
+                                 settings=CycleSettings.of(ps), holder=f"replication-engine@{ps.name}",
+                                 process_server=ps.name)
 
     def machine(self, name: str) -> MachineConfig:
         return self.cfg.machine(name)

@@ -1,6 +1,8 @@
 """Continuous replication with no one typing: the dispatcher, a deployment on a short
 interval, starts a run of the cycle deployment for every item or group whose policy says a
-point is due. The rule (due, want, busy) is drbook.replication.schedule's."""
+point is due, in the work queue of the process server that serves it. The rules are
+drbook.replication.schedule's (due, want, busy) and drbook.scaleout's (which process server,
+a lost one's machines taken over, the runs it left behind)."""
 
 from __future__ import annotations
 
@@ -12,34 +14,46 @@ from prefect.artifacts import create_table_artifact
 
 from drbook.errors import LeaseHeldError
 from drbook.models import utcnow
-from drbook.replication.schedule import DueCycle, ScheduleBounds, busy_items, decide_schedule, start_leads
+from drbook.replication.schedule import DISPATCHER_LOCK, DueCycle, ScheduleBounds, busy_items, decide_schedule, start_leads
+from drbook.scaleout.leftovers import left_behind
+from drbook.scaleout.worker import process_server
 from drbook.site import Site, open_site
+from drbook.tasks.scaleout import place, settle_left_behind, without
 from drbook.tasks.schedule import (active_cycle_runs, dispatcher_tick_s, finished_cycle_runs, held_item_locks,
                                    start_cycle, start_cycle_run)
 
-# Two dispatcher runs at once (a slow tick overlapping the next) would both see an item
-# free and start it twice: the dispatcher holds this lock while it decides and starts.
-DISPATCHER_LOCK = "replication-dispatcher"
 
 
-def dispatch(site: Site, start: Callable[[DueCycle, str], dict] = start_cycle_run,
+def dispatch(site: Site, start: Callable[[DueCycle, str, str], dict] = start_cycle_run,
              bounds: ScheduleBounds = ScheduleBounds(), tick_s: float = 0.0) -> list[dict]:
-    """One tick: read the items, their locks, the live and the recently finished cycle runs;
-    decide; start each due cycle with `start(cycle, site_path)`. `tick_s`: the dispatcher's
-    interval. A row per item: its status, why, and the run started."""
+    """One tick: place every unit on a process server (taking a lost one's over); read the
+    items, their locks, the live and the recently finished cycle runs; settle the runs a lost
+    process server left behind; decide; start each due cycle with `start(cycle, site_path,
+    work_queue)`. `tick_s`: the dispatcher's interval. A row per item: its status, why, its
+    process server and the run started."""
     now = utcnow()
     items = site.vault.items()
     protected = [i.name for i in items if i.state.value == "protected"]
-    busy = busy_items(held_item_locks(site, protected), active_cycle_runs(site, items), now, bounds)
+    placement = place(site, items, now)
+    held = held_item_locks(site, protected)
+    active = active_cycle_runs(site, items)
+    lost = placement.lost()
+    left = left_behind(active, {process_server(site.cfg, n).queue for n in lost}, held)
+    if left.cancel or left.crash:
+        settle_left_behind(left, f"process server {', '.join(lost)} lost: its machines' cycles run elsewhere")
+    busy = busy_items(held, without(active, left), now, bounds)
     leads = start_leads(protected, finished_cycle_runs(site, items), tick_s)
     app_capable = {m.name for m in site.cfg.machines if m.quiesce_hooks}
     schedule = decide_schedule(items, now, busy=busy, app_capable=app_capable, leads=leads)
     started: dict[str, dict] = {}
     for cycle in schedule.cycles:
-        run = start(cycle, str(site.path))
+        server = process_server(site.cfg, placement.assignment.server_of(cycle.members) or site.cfg.process_servers[0].name)
+        run = start(cycle, str(site.path), server.queue)
         for member in cycle.members:
-            started[member] = run
+            started[member] = {**run, "process_server": server.name}
+    server_of = {m: p.server for p in placement.assignment.units.values() for m in p.members}
     return [{**r.model_dump(mode="json", include={"item", "group", "status", "want", "why"}),
+             "process_server": server_of.get(r.item),
              "run": started.get(r.item, {}).get("name"), "run_id": started.get(r.item, {}).get("run_id")}
             for r in schedule.reasons]
 
@@ -56,11 +70,12 @@ def dispatch_flow(site_path: str | None = None) -> list[dict]:
     log = get_run_logger()
     try:
         with site.vault.lease(DISPATCHER_LOCK, holder=f"dispatcher@{socket.gethostname()}"):
-            rows = dispatch(site, start=lambda cycle, sp: start_cycle(cycle, sp), tick_s=dispatcher_tick_s())
+            rows = dispatch(site, start=lambda cycle, sp, queue: start_cycle(cycle, sp, queue), tick_s=dispatcher_tick_s())
     except LeaseHeldError as exc:
         log.info("another dispatcher is deciding right now; this tick does nothing (%s)", exc)
         return []
     for row in rows:
-        log.info("%s: %s%s", row["item"], row["why"], f" -> started {row['run']}" if row["run"] else "")
+        log.info("%s: %s%s", row["item"], row["why"],
+                 f" -> started {row['run']} on {row['process_server']}" if row["run"] else "")
     create_table_artifact(rows, key="replication-dispatcher", description="scheduled replication: each item, why")
     return rows

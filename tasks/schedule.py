@@ -102,7 +102,7 @@ def active_cycle_runs(site: Site, items: list[ProtectedItem], deployment: str = 
         else:
             since = run.next_scheduled_start_time or run.expected_start_time or (run.state.timestamp if run.state else None)
         out.append(ActiveRun(run_id=str(run.id), state=state, since=since or dt.datetime.now(dt.timezone.utc),
-                             items=run_items))
+                             items=run_items, queue=run.work_queue_name))
     return out
 
 
@@ -134,17 +134,20 @@ def dispatcher_tick_s() -> float:
     return min(intervals, default=0.0)
 
 
-def start_cycle_run(cycle: DueCycle, site_path: str, deployment: str = CYCLE_DEPLOYMENT) -> dict:
-    """Start one cycle as its own run of the cycle deployment, on the worker; do not wait."""
+def start_cycle_run(cycle: DueCycle, site_path: str, work_queue: str | None = None,
+                    deployment: str = CYCLE_DEPLOYMENT) -> dict:
+    """Start one cycle as its own run of the cycle deployment, in `work_queue` (its process
+    server's; None: the deployment's own); do not wait."""
     from prefect.deployments import run_deployment
 
     run = run_deployment(
         deployment, parameters={**cycle.parameters(), "site_path": site_path}, timeout=0, as_subflow=False,
         tags=["drbook", "scheduled-cycle"], flow_run_name=f"cycle-{cycle.label.replace(' ', '-')}-{cycle.want}",
+        work_queue_name=work_queue,
     )
     return {"run_id": str(run.id), "name": run.name}
 
 
 @task(name="start-cycle", **ONCE)
-def start_cycle(cycle: DueCycle, site_path: str) -> dict:
-    return start_cycle_run(cycle, site_path)
+def start_cycle(cycle: DueCycle, site_path: str, work_queue: str | None = None) -> dict:
+    return start_cycle_run(cycle, site_path, work_queue)

@@ -36,11 +36,14 @@ def test_the_dispatcher_decides_and_starts_the_due_cycles(protected):
 
     site = protected
     started = []
-    fake = lambda cycle, sp: started.append((cycle, sp)) or {"run_id": "r1", "name": "fake-run"}  # noqa: E731
+    fake = lambda cycle, sp, queue: started.append((cycle, sp, queue)) or {"run_id": "r1", "name": "fake-run"}  # noqa: E731
     time.sleep(max(0.0, 15 - (dt.datetime.now(dt.timezone.utc) - site.vault.item(ITEM).last_point_time).total_seconds()))
     rows = {r["item"]: r for r in dispatch(site, start=fake)}
     assert rows[ITEM]["status"] == "due" and rows[ITEM]["run"] == "fake-run"
-    assert [(c.members, c.want, sp) for c, sp in started] == [([ITEM], "crash", str(site.path))]
+    # In the work queue of the site's (one) process server.
+    ps = site.cfg.process_servers[0]
+    assert [(c.members, c.want, sp, q) for c, sp, q in started] == [([ITEM], "crash", str(site.path), ps.queue)]
+    assert rows[ITEM]["process_server"] == ps.name
     # A held lease (a live cycle) makes it busy: nothing is started.
     started.clear()
     with site.vault.lease(f"item-{ITEM}", holder="a live cycle (test)"):

@@ -49,8 +49,9 @@ class RemoteShell(Protocol):
     def close(self) -> None: ...
 
 
-def shell_for(machine: MachineConfig) -> RemoteShell:
-    """SSH for Linux, WinRM for Windows (close it when done; both are context managers)."""
+def shell_for(machine: MachineConfig, source_address: str | None = None) -> RemoteShell:
+    """SSH for Linux, WinRM for Windows (close it when done; both are context managers).
+    `source_address`: the process server's own address, which SSH connections leave from."""
     # Imported here: each adapter pulls in its own library (paramiko, pywinrm).
     if machine.os == "windows":
         from drbook.adapters.winrm import WinRmShell
@@ -58,4 +59,4 @@ def shell_for(machine: MachineConfig) -> RemoteShell:
         return WinRmShell(machine)
     from drbook.adapters.ssh import SshShell
 
-    return SshShell(machine)
+    return SshShell(machine, source_address=source_address)

@@ -205,9 +205,11 @@ class SshProcess:
 class SshShell:
     """RemoteShell for one machine over one SSH connection (opened on first use)."""
 
-    def __init__(self, machine: MachineConfig, *, connect_timeout: float = 10) -> None:
+    def __init__(self, machine: MachineConfig, *, connect_timeout: float = 10, source_address: str | None = None) -> None:
         self.machine = machine
         self.connect_timeout = connect_timeout
+        # The process server's own address (its network segment): the connection leaves from it.
+        self.source_address = source_address
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
 
@@ -265,8 +267,13 @@ class SshShell:
             client.set_missing_host_key_policy(_RejectUnknownHost(m))
             try:
                 with map_ssh_errors(m):
+                    sock = None
+                    if self.source_address:
+                        sock = socket.create_connection((m.address, m.port), timeout=self.connect_timeout,
+                                                        source_address=(self.source_address, 0))
                     client.connect(
                         m.address,
+                        sock=sock,
                         port=m.port,
                         username=m.user,
                         timeout=self.connect_timeout,

@@ -112,7 +112,7 @@ def _record(storage: CycleStorage, marker: cy.CommitMarker, snapshots: dict[str,
                                bytes_sent=d.bytes_sent))
     point = RecoveryPoint(id=marker.point_id, item=name, time=marker.time, consistency=marker.consistency,
                           group=marker.group, disks=disks, cycle_id=marker.cycle_id, resync=marker.resync,
-                          freeze_evidence=marker.freeze_evidence)
+                          freeze_evidence=marker.freeze_evidence, process_server=marker.process_server)
     if not points.record(point):
         point = points.get(name, marker.point_id)
     log.info("%s: recovery point %s (%s) recorded from %s", name, point.id, point.consistency, prefix)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from drbook.config import CycleConfig, SiteConfig
+from drbook.config import CycleConfig, ProcessServerConfig, SiteConfig
 from drbook.errors import ProtocolError, ReplicationError
 from drbook.models import ProtectedDisk
 from drbook.replication import protocol as p
@@ -44,10 +44,15 @@ class CycleSettings(CycleConfig):
 
     @classmethod
     def from_site(cls, site: SiteConfig) -> "CycleSettings":
-        """The `cycle` of the site's first process server (each process of the site takes
-        those); the defaults when the site lists none."""
-        servers = site.process_servers
-        return cls.model_validate(servers[0].cycle.model_dump()) if servers else cls()
+        """The `cycle` of the process server this process runs on (drbook.scaleout.worker:
+        DRBOOK_PROCESS_SERVER, else the site's first)."""
+        from drbook.scaleout.worker import current_process_server
+
+        return cls.of(current_process_server(site))
+
+    @classmethod
+    def of(cls, ps: ProcessServerConfig) -> "CycleSettings":
+        return cls.model_validate(ps.cycle.model_dump())
 
     @property
     def layout(self) -> Layout:
@@ -96,6 +101,7 @@ class CommitMarker(BaseModel):
     # "local": the segments are only in the spool of the process server that wrote this
     # marker (Policy.staging), so another process cannot replay the cycle.
     staging: str = "cache"
+    process_server: str | None = None  # the one that ran the cycle (a replay may be another's)
 
     @property
     def layout(self) -> Layout:

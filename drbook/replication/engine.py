@@ -73,6 +73,7 @@ class ReplicationEngine:
         settings: CycleSettings | None = None,
         fault: Callable[[str], None] | None = None,
         holder: str = "replication-engine",
+        process_server: str | None = None,
     ) -> None:
         if len(key) != 32:
             raise ValueError("the segment key must be 32 bytes (AES-256)")
@@ -85,6 +86,7 @@ class ReplicationEngine:
         self.settings = settings or CycleSettings.from_site(site)
         self.fault = fault
         self.holder = holder
+        self.process_server = process_server  # recorded in each cycle's marker and point
         # A large disk's block maps live in files beside the spool (drbook.replication.mapfile).
         self.points = PointStore(vault, map_dir=self.settings.spool_dir)
         c = site.azure.containers
@@ -186,7 +188,8 @@ class ReplicationEngine:
                 go_time = run_agents(runs, want, group is not None, self.settings, self.shell_for)
                 self.last_stats = cycle_stats(runs)
                 barrier = barrier_verdict(runs) if group is not None else None
-                markers = [stage_run(self.storage, run, point_id, group, want, barrier, go_time) for run in runs]
+                markers = [stage_run(self.storage, run, point_id, group, want, barrier, go_time).model_copy(
+                    update={"process_server": self.process_server}) for run in runs]
                 self._fault("after-segment-upload")
                 # The members' markers go together, after every member's data is in the cache.
                 for run, marker in zip(runs, markers):

@@ -58,6 +58,10 @@ from pydantic import BaseModel
 from drbook.models import ItemState, ProtectedItem
 
 RunState = Literal["SCHEDULED", "PENDING", "RUNNING"]
+# Two dispatcher runs at once (a slow tick overlapping the next) would both see an item free
+# and start it twice: the dispatcher holds this lock while it decides and starts, and so does
+# `drbook process-server rebalance` while it moves units between process servers.
+DISPATCHER_LOCK = "replication-dispatcher"
 
 
 class ScheduleBounds(BaseModel):
@@ -74,6 +78,7 @@ class ActiveRun(BaseModel):
     state: RunState
     since: dt.datetime  # scheduled start for SCHEDULED/PENDING, start time for RUNNING
     items: list[str]
+    queue: str | None = None  # the work queue it waits in (its process server's)
 
 
 class FinishedRun(BaseModel):
