@@ -549,7 +549,8 @@ def ps_list_cmd(as_json: bool = typer.Option(False, "--json"), site: Optional[Pa
     from drbook.tasks.scaleout import read_assignment
 
     s = open_site(_site_path(site))
-    rows = [r.model_dump() for r in server_rows(s.cfg, read_assignment(s), read_queues(), utcnow())]
+    queues = read_queues()  # the Prefect server first: without it nothing here is known
+    rows = [r.model_dump() for r in server_rows(s.cfg, read_assignment(s), queues, utcnow())]
     if as_json:
         emit_json(rows)
         return
