@@ -172,7 +172,7 @@ def _wait(what: str, check, timeout: float, every: float = 1.0):
 def _ssh_from(point) -> str | None:
     for line in point.freeze_evidence:
         if SSH_FROM in line:
-            return line.split(SSH_FROM, 1)[1].split()[0]
+            return line.rsplit(SSH_FROM, 1)[1].split()[0]  # the hook's output, after its command
     return None
 
 
