@@ -38,10 +38,13 @@ def dispatch(site: Site, start: Callable[[DueCycle, str, str], dict] = start_cyc
     held = held_item_locks(site, protected)
     active = active_cycle_runs(site, items)
     lost = placement.lost()
-    left = left_behind(active, {process_server(site.cfg, n).queue for n in lost}, held)
+    queues = {ps.name: ps.queue for ps in site.cfg.process_servers}
+    left = left_behind(active, {queues[n] for n in lost}, held, now,
+                       last_points={i.name: i.last_point_time for i in items}, bounds=bounds)
     if left.cancel or left.crash:
-        settle_left_behind(left, f"process server {', '.join(lost)} lost: its machines' cycles run elsewhere")
-    busy = busy_items(held, without(active, left), now, bounds)
+        settle_left_behind(left)
+    live_queues = {q for n, q in queues.items() if n not in lost}
+    busy = busy_items(held, without(active, left), now, bounds, live_queues=live_queues)
     leads = start_leads(protected, finished_cycle_runs(site, items), tick_s)
     app_capable = {m.name for m in site.cfg.machines if m.quiesce_hooks}
     schedule = decide_schedule(items, now, busy=busy, app_capable=app_capable, leads=leads)

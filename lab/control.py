@@ -3,6 +3,17 @@
 `up` is idempotent: it starts what is not running (and what died) and leaves the rest.
 `down` stops only processes the lab started (their pid files), never by name.
 If `up` fails part-way, it stops what this call started, so nothing is left half-started.
+
+Prefect's database is SQLite, or the lab's PostgreSQL (lab/postgres.py) with
+`up(prefect_db="postgresql")`. `up()` without a choice keeps the database the lab ran last
+(a caller restarting what died must not switch it); the CLI's `up` chooses SQLite unless told.
+Switching restarts the Prefect server and the process servers, and registers the deployments
+on the new database; going back to SQLite stops the lab's PostgreSQL (nothing else uses it;
+its data stays for the next switch).
+
+Process servers (spec `process_servers`): the first is the lab's worker, started by `up`; the
+others start and stop on demand (`start_process_server`, `stop_process_server`, and
+`kill_process_server`, which is its host dying).
 """
 
 from __future__ import annotations
@@ -19,16 +30,18 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import yaml
 
+from drbook.config import ProcessServerConfig
 from lab.errors import LabError
 from lab.ca import LabCerts, ensure_certs
 from lab.machines import SshKeys, ensure_client_key, ensure_machine, machine_status
 from lab.paths import REPO_ROOT, lab_dir
+from lab.postgres import PostgresCluster, bin_dir as postgres_bin_dir
 from lab.procs import Managed, port_in_use, wait_for_port
-from lab.spec import LabSpec, load_spec
+from lab.spec import LabSpec, ProcessServerSpec, load_spec
 
 HOST = "127.0.0.1"
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -36,8 +49,9 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 VCENTER_USER = "administrator@vsphere.local"
 WINRM_USER = "drbook"
-WORKER_NAME = "drbook-lab-process-server"
 WORKER_QUERY_SECONDS = 2
+PrefectDatabase = Literal["sqlite", "postgresql"]
+PREFECT_DATABASES: tuple[str, ...] = get_args(PrefectDatabase)
 LAB_RETENTION_S = 86_400  # Prefect keeps a lab's flow runs and events for a day
 GO_ENV = {"GO111MODULE": "off", "GOPATH": "/usr/share/gocode", "GOFLAGS": "-mod=mod"}
 
@@ -54,6 +68,8 @@ class Lab:
         self.dir = directory or lab_dir()
         self.run_dir = self.dir / "run"
         self.say = say
+        self.postgres = PostgresCluster(self.dir / "postgres", self.spec.ports.postgres, self.run_dir,
+                                        lambda name: self._secret_file(name, lambda: secrets.token_urlsafe(24)), say=say)
 
     # -- paths and secrets ------------------------------------------------------------
     @property
@@ -91,23 +107,35 @@ class Lab:
         return self._secret_file("azurite-key", lambda: AZURITE_KEY)
 
     def managed(self, name: str) -> Managed:
+        if name == self.postgres.managed.name:
+            return self.postgres.managed  # stopped its own way (fast shutdown of the postmaster)
         return Managed(name, self.run_dir)
 
     # -- up / down -----------------------------------------------------------------------
-    def up(self) -> dict:
+    def up(self, prefect_db: PrefectDatabase | None = None) -> dict:
+        """`prefect_db`: the Prefect server's database; None keeps the one the lab ran last."""
+        if prefect_db is not None and prefect_db not in PREFECT_DATABASES:
+            raise LabError(f"unknown Prefect database {prefect_db!r}: one of {', '.join(PREFECT_DATABASES)}")
+        database = prefect_db or self.prefect_database()
         self.dir.mkdir(parents=True, exist_ok=True)
         started: list[Managed] = []
         t0 = time.monotonic()
         try:
             certs = self.certs
-            self._preflight()
+            self._preflight(database)
             self._up_azurite(certs, started)
             self._up_arm(certs, started)
             self._up_vcenter(certs, started)
             keys = ensure_client_key(self.dir / "ssh")
             self._up_machines(keys, started)
-            self._up_prefect(started)
-            self._up_worker(started)
+            if database == "postgresql":
+                self.postgres.start(started)
+            self._up_prefect(started, database)
+            if database != "postgresql" and self.postgres.running():
+                self.say("stopping postgres: Prefect is back on SQLite (its data stays)")
+                self.postgres.stop()
+            self._ensure_work_queues()
+            self._up_workers(started)
             self._up_winrm(certs, started)
             self._up_webhook(certs, started)
             self._populate_vcenter(certs)
@@ -125,14 +153,23 @@ class Lab:
         return status
 
     def down(self) -> list[str]:
+        """Every service with a pid file: the process servers first (they talk to Prefect), the
+        PostgreSQL under Prefect last."""
         stopped = []
-        for pid_file in sorted(self.run_dir.glob("*.pid")):
+
+        def order(pid_file: Path) -> tuple[int, str]:
+            name = pid_file.stem
+            return (0 if name.startswith("worker") else 2 if name == self.postgres.managed.name else 1, name)
+
+        for pid_file in sorted(self.run_dir.glob("*.pid"), key=order):
             m = self.managed(pid_file.stem)
             if m.stop():
                 stopped.append(m.name)
         return stopped
 
-    def _preflight(self) -> None:
+    def _preflight(self, database: PrefectDatabase) -> None:
+        if database == "postgresql":
+            postgres_bin_dir()  # a LabError naming `make setup-postgres` when PostgreSQL is not installed
         missing = []
         if not Path("/usr/sbin/sshd").exists():
             missing.append("openssh-server (Debian)")
@@ -244,12 +281,29 @@ class Lab:
                 self.say(f"started sshd for {spec.name} on {spec.address}:22")
                 started.append(m)
 
-    def _up_prefect(self, started: list[Managed]) -> None:
+    @property
+    def _database_file(self) -> Path:
+        return self.run_dir / "prefect-database"
+
+    def prefect_database(self) -> PrefectDatabase:
+        """The database the lab's Prefect server runs (or last ran) on; SQLite for a new lab."""
+        try:
+            name = self._database_file.read_text().strip()
+        except OSError:
+            return "sqlite"
+        return "postgresql" if name == "postgresql" else "sqlite"
+
+    def _prefect_database_url(self, database: PrefectDatabase) -> str:
+        if database == "postgresql":
+            return self.postgres.url  # no password in it: the server reads the pgpass file
+        return f"sqlite+aiosqlite:///{self.dir / 'prefect' / 'prefect.db'}"
+
+    def _up_prefect(self, started: list[Managed], database: PrefectDatabase) -> None:
         home = self.dir / "prefect"
         home.mkdir(exist_ok=True)
         env = {
             "PREFECT_HOME": str(home),
-            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_API_DATABASE_CONNECTION_URL": self._prefect_database_url(database),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_API_HOST": HOST,
             "PREFECT_SERVER_API_PORT": str(self.spec.ports.prefect),
@@ -272,12 +326,15 @@ class Lab:
         # The server runs the alert automations' actions: its HTTPS calls to the lab's webhook
         # receiver must trust the lab CA (httpx reads SSL_CERT_FILE), besides the public roots.
         env["SSL_CERT_FILE"] = str(self._ca_bundle_with_public_roots())
+        if database == "postgresql":
+            env.update(self.postgres.client_env())
         env.pop("PREFECT_API_URL", None)
         argv = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(self.spec.ports.prefect)]
         m = self.managed("prefect")
         # The environment only: argv names whichever interpreter path ran `up` (the same venv).
         # A restarted server was running before this call: a later failure of `up` leaves it running.
         restarted = self._restart_if_changed(m, env)
+        self._database_file.write_text(database + "\n")
         self._start(m, argv, self.spec.ports.prefect, [] if restarted else started, env={**env, "PREFECT_API_URL": ""},
                     timeout=90)
         deadline = time.monotonic() + 60
@@ -350,26 +407,103 @@ class Lab:
                 return
         self.say(f"RPO alert automations: {', '.join(made) or 'none'}")
 
-    def _up_worker(self, started: list[Managed]) -> None:
-        """The process server: a Prefect worker of drbook's process pool; each run is a process
-        of its own, with the lab's DRBOOK_SITE and PREFECT_API_URL."""
-        from drbook.deploy import POOL, POOL_TYPE
+    # -- process servers -------------------------------------------------------------------
+    def process_server(self, name: str) -> ProcessServerSpec:
+        for ps in self.spec.process_servers:
+            if ps.name == name:
+                return ps
+        raise LabError(f"no process server named {name!r} in the lab spec; known: "
+                       f"{', '.join(ps.name for ps in self.spec.process_servers)}")
 
+    @property
+    def _lab_process_server(self) -> ProcessServerSpec:
+        return self.spec.process_servers[0]
+
+    def worker_managed(self, ps: ProcessServerSpec) -> Managed:
+        """The first process server's worker keeps the name the lab's worker always had."""
+        return self.managed("worker" if ps.name == self._lab_process_server.name else f"worker-{ps.name}")
+
+    @staticmethod
+    def _ps_config(ps: ProcessServerSpec) -> ProcessServerConfig:
+        return ProcessServerConfig(name=ps.name, address=ps.address, runs_stages=ps.runs_stages)
+
+    def _up_workers(self, started: list[Managed]) -> None:
+        """The lab's process server; any other one running is restarted when its environment
+        or the Prefect database changed (it would poll a server that no longer has its pool)."""
+        self._start_worker(self._lab_process_server, started)
+        for ps in self.spec.process_servers[1:]:
+            if self.worker_managed(ps).running():
+                self._start_worker(ps, started)
+
+    def _start_worker(self, ps: ProcessServerSpec, started: list[Managed]) -> None:
+        """A Prefect worker of drbook's process pool, started as drbook starts a process server
+        (drbook.scaleout.worker); each run is a process of its own, with the lab's DRBOOK_SITE,
+        PREFECT_API_URL and the process server's name."""
+        from drbook.scaleout.worker import worker_argv, worker_env
+
+        cfg = self._ps_config(ps)
         env = {
             **self.drbook_env(),
+            **worker_env(cfg),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             # Prefect's default is 10 s between polls: a Run click would wait 5 s on average.
             "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_SECONDS),
             "PREFECT_WORKER_WEBSERVER_HOST": HOST,
-            "PREFECT_WORKER_WEBSERVER_PORT": str(self.spec.ports.worker),
+            "PREFECT_WORKER_WEBSERVER_PORT": str(ps.health_port),
         }
-        argv = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL, "--type", POOL_TYPE,
-                "--name", WORKER_NAME, "--with-healthcheck"]
-        self._start(self.managed("worker"), argv, self.spec.ports.worker, started, env=env, timeout=60)
+        argv = worker_argv(cfg)
+        m = self.worker_managed(ps)
+        # argv[0] is whichever interpreter ran `up` (the same venv): not part of the config.
+        restarted = self._restart_if_changed(m, {"env": env, "argv": argv[1:], "prefect_database": self.prefect_database()})
+        self._start(m, argv, ps.health_port, [] if restarted else started, env=env, timeout=60)
+
+    def _ensure_work_queues(self) -> None:
+        """drbook's pool and every lab process server's work queue, as `drbook deploy` makes them
+        (drbook.scaleout.queues). A worker told to poll a queue the pool lacks gets 404 for the
+        whole poll: it would not run the `default` queue's runs either."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from drbook.deploy import POOL, ensure_pool
+        from drbook.scaleout.queues import ensure_queues
+
+        with temporary_settings(updates={PREFECT_API_URL: self.prefect_api_url}):
+            ensure_pool(POOL)
+            for change in ensure_queues([self._ps_config(ps) for ps in self.spec.process_servers]):
+                self.say(change)
+
+    def start_process_server(self, name: str) -> dict:
+        """Start a process server's worker (idempotent) and wait for its health port."""
+        ps = self.process_server(name)
+        if not self.managed("prefect").running():
+            raise LabError(f"process server {name}: the lab's Prefect server is not running (drbook-lab up)")
+        self._ensure_work_queues()
+        self._start_worker(ps, [])
+        return self.process_servers_status()[name]
+
+    def stop_process_server(self, name: str) -> bool:
+        """SIGTERM its worker (a graceful stop); False when it was not running."""
+        return self.worker_managed(self.process_server(name)).stop()
+
+    def kill_process_server(self, name: str) -> list[int]:
+        """Its host dies: SIGKILL its worker and every process below it (its flow runs, each in a
+        session of its own, and theirs). Returns the pids killed."""
+        return self.worker_managed(self.process_server(name)).kill()
+
+    def process_servers_status(self) -> dict[str, dict]:
+        from drbook.scaleout.worker import worker_name
+
+        out = {}
+        for ps in self.spec.process_servers:
+            cfg = self._ps_config(ps)
+            out[ps.name] = {"running": self.worker_managed(ps).running(), "address": ps.address, "queue": cfg.queue,
+                            "worker_name": worker_name(cfg), "health_url": f"http://{HOST}:{ps.health_port}/health"}
+        return out
 
     @property
     def _deploy_stamp(self) -> Path:
-        return self.run_dir / "deployments.json"
+        """One per database: each holds its own deployments (switching back to a database whose
+        deployments predate a code change must register them again)."""
+        return self.run_dir / f"deployments-{self.prefect_database()}.json"
 
     def _register_deployments(self) -> None:
         """`drbook deploy`, as a real site runs it; skipped when neither drbook's code nor the
@@ -413,13 +547,18 @@ class Lab:
         return f"http://{HOST}:{self.spec.ports.prefect}/api"
 
     def services(self) -> dict[str, bool]:
+        """What `up` runs (the postgres under Prefect when it is Prefect's database); the process
+        servers started on demand are not part of it."""
         names = ["azurite", "arm", "vcenter", "prefect", "worker", "winrm", "webhook"] + [f"sshd-{m.name}" for m in self.spec.machines]
+        if self.prefect_database() == "postgresql":
+            names.insert(names.index("prefect"), self.postgres.managed.name)
         return {n: self.managed(n).running() for n in names}
 
     def status(self) -> dict:
         certs = self.certs
         keys = ensure_client_key(self.dir / "ssh")
         pw_file = self.vcenter_password_file
+        process_servers = self.process_servers_status()
         return {
             "lab_dir": str(self.dir),
             "ca_bundle": str(certs.ca_cert),
@@ -448,9 +587,12 @@ class Lab:
                 "location": self.spec.arm.location,
                 "token_ref": f"file:{self.arm_token_file}",
             },
-            "prefect": {"api_url": self.prefect_api_url, "ui_url": f"http://{HOST}:{self.spec.ports.prefect}"},
-            "worker": {"name": WORKER_NAME, "pool": "drbook-process-server",
-                       "health_url": f"http://{HOST}:{self.spec.ports.worker}/health"},
+            "prefect": {"api_url": self.prefect_api_url, "ui_url": f"http://{HOST}:{self.spec.ports.prefect}",
+                        "database": self.prefect_database(),
+                        "database_url": self._prefect_database_url(self.prefect_database())},
+            "worker": {"name": process_servers[self._lab_process_server.name]["worker_name"], "pool": "drbook-process-server",
+                       "health_url": process_servers[self._lab_process_server.name]["health_url"]},
+            "process_servers": process_servers,
             "webhook": {"url": f"https://{HOST}:{self.spec.ports.webhook}/alerts", "record": str(self.webhook_record)},
             "winrm": {
                 "host": HOST, "port": self.spec.ports.winrm, "user": WINRM_USER,
@@ -534,6 +676,8 @@ class Lab:
                 }
                 for m in status["machines"]
             ],
+            # The lab's default site has one process server, the lab's worker (ps2, ps3 start on demand).
+            "process_servers": [{"name": self._lab_process_server.name, "address": self._lab_process_server.address}],
             # RPO alerts (drbook.alerts) go to the lab's webhook receiver.
             "alerts": {"webhook_url": status["webhook"]["url"]},
             # The lab's recovery plans are the project's plans/ folder (a real site keeps its own).

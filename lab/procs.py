@@ -15,10 +15,14 @@ from lab.errors import LabError
 
 @dataclass(frozen=True)
 class Managed:
-    """A service the lab runs: its pid file and log live under `run_dir`."""
+    """A service the lab runs: its pid file and log live under `run_dir`. `stop` sends
+    `stop_signal` to its process group, or to its process alone when not `whole_group`
+    (PostgreSQL: its postmaster shuts its children down itself)."""
 
     name: str
     run_dir: Path
+    stop_signal: signal.Signals = signal.SIGTERM
+    whole_group: bool = True
 
     @property
     def pid_file(self) -> Path:
@@ -72,7 +76,10 @@ class Managed:
             self.pid_file.unlink(missing_ok=True)
             return False
         try:
-            os.killpg(pid, signal.SIGTERM)
+            if self.whole_group:
+                os.killpg(pid, self.stop_signal)
+            else:
+                os.kill(pid, self.stop_signal)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + timeout
@@ -88,11 +95,61 @@ class Managed:
         self.pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> list[int]:
+        """Its host dies: SIGKILL the process and every descendant (see kill_tree). The pid file
+        stays, as after a crash. Returns the pids killed."""
+        pid = self.pid()
+        return kill_tree(pid) if pid is not None else []
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` in the process tree, whatever its group or session (a Prefect
+    worker starts each flow run in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int, timeout: float = 5.0) -> list[int]:
+    """SIGKILL `pid` and all its descendants. The tree is frozen first (SIGSTOP, walked again
+    until no new process appears), so no process forks a child the walk would miss; only
+    then is every collected pid killed. Returns them, once they are gone."""
+    frozen: list[int] = []
+    while new := [p for p in [pid, *descendants(pid)] if p not in frozen]:
+        for p in new:
+            _signal(p, signal.SIGSTOP)
+            frozen.append(p)
+    for p in frozen:
+        _signal(p, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p, None) for p in frozen):
+        if time.monotonic() > deadline:
+            raise LabError(f"processes {[p for p in frozen if _alive(p, None)]} survived SIGKILL for {timeout:.0f}s")
+        time.sleep(0.02)
+    return frozen
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _reap(pid: int) -> None:

@@ -6,6 +6,22 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'setup: [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
+# `setup.sh --postgres` (`make setup-postgres`, run by `make test-postgres`): only PostgreSQL's
+# server binaries, for the lab's Prefect server on PostgreSQL (`drbook-lab up --prefect-db
+# postgresql`). The lab starts its own cluster with them (lab/postgres.py), never the system
+# service that Debian's package may create and start.
+if [ "${1:-}" = "--postgres" ]; then
+  if compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && getent passwd postgres >/dev/null; then
+    say "PostgreSQL present ($(ls /usr/lib/postgresql | sort -n | tail -1))"
+  else
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    say "installing Debian's PostgreSQL server (postgresql) for the lab's Prefect on PostgreSQL"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  fi
+  exit 0
+fi
+
 # 1. Debian packages: sshd for the source machines, Go + govmomi source for vcsim, rsync
 #    for the replication benchmark's peer, chromium for the browser tests (Playwright
 #    drives Debian's build: its own browser download cannot work here).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drbook.config import load_model
+from drbook.config import ProcessServerName, load_model
 
 DEFAULT_SPEC = Path(__file__).with_name("spec.yaml")
 
@@ -22,8 +22,14 @@ class Ports(_Strict):
     arm: int = 18443
     prefect: int = 14200
     winrm: int = 15986
-    worker: int = 14201  # the process-server worker's health check
     webhook: int = 14443  # the alert webhook receiver (lab/webhook.py)
+    postgres: int = 15432  # the lab's PostgreSQL, when Prefect runs on it (`drbook-lab up --prefect-db postgresql`)
+
+
+def _loopback_address(v: str) -> str:
+    if not ipaddress.ip_address(v).is_loopback:
+        raise ValueError(f"{v} is not a loopback address (the lab binds only 127/8)")
+    return v
 
 
 class ArmSpec(_Strict):
@@ -62,9 +68,7 @@ class MachineSpec(_Strict):
     @field_validator("address")
     @classmethod
     def _loopback(cls, v: str) -> str:
-        if not ipaddress.ip_address(v).is_loopback:
-            raise ValueError(f"{v} is not a loopback address (the lab binds only 127/8)")
-        return v
+        return _loopback_address(v)
 
     @model_validator(mode="after")
     def _power(self) -> "MachineSpec":
@@ -74,11 +78,33 @@ class MachineSpec(_Strict):
         return self
 
 
+class ProcessServerSpec(_Strict):
+    """A process server of the lab: a Prefect worker of drbook's pool on this host, its SSH
+    connections leaving from its own loopback address."""
+
+    name: ProcessServerName
+    address: str = Field(description="the source address of its SSH connections (a loopback address)")
+    health_port: int = Field(ge=1, le=65535, description="its worker's health check, on 127.0.0.1")
+    runs_stages: bool = Field(True, description="also polls the pool's `default` queue (every stage but a cycle)")
+
+    @field_validator("address")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        return _loopback_address(v)
+
+
+def _default_process_servers() -> list[ProcessServerSpec]:
+    return [ProcessServerSpec(name="ps1", address="127.0.2.1", health_port=14201)]
+
+
 class LabSpec(_Strict):
     ports: Ports = Ports()
     arm: ArmSpec = ArmSpec()
     networks: list[NetworkSpec]
     machines: list[MachineSpec]
+    # The first is the lab's process server (`lab up` starts it); the others start on demand
+    # (`drbook-lab process-server start NAME`).
+    process_servers: list[ProcessServerSpec] = Field(default_factory=_default_process_servers, min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "LabSpec":
@@ -95,7 +121,26 @@ class LabSpec(_Strict):
         addresses = [m.address for m in self.machines]
         if len(set(addresses)) != len(addresses):
             raise ValueError("two machines share one loopback address")
+        self._check_process_servers(set(addresses))
         return self
+
+    def _check_process_servers(self, machine_addresses: set[str]) -> None:
+        servers = self.process_servers
+        if not servers[0].runs_stages:
+            raise ValueError(f"process server {servers[0].name!r}: the first one is the lab's (`lab up` starts only it) "
+                             "and must run the stages (runs_stages: true)")
+        ports = self.ports.model_dump()
+        seen: dict[tuple[str, object], str] = {}
+        for ps in servers:
+            for kind, value in (("name", ps.name), ("address", ps.address), ("health_port", ps.health_port)):
+                if (kind, value) in seen:
+                    raise ValueError(f"process servers {seen[kind, value]!r} and {ps.name!r} have the same {kind} {value}")
+                seen[kind, value] = ps.name
+            if ps.address in machine_addresses:
+                raise ValueError(f"process server {ps.name!r}: address {ps.address} is a machine's")
+            clash = next((name for name, port in ports.items() if port == ps.health_port), None)
+            if clash:
+                raise ValueError(f"process server {ps.name!r}: health_port {ps.health_port} is ports.{clash}")
 
 
 def load_spec(path: Path | None = None) -> LabSpec:

@@ -90,16 +90,17 @@ def _emit(site: Site, event: str, resource_id: str, payload: dict, name: str | N
     emit_event(event=event, resource=resource, payload=payload)
 
 
-def settle_left_behind(left: LeftBehind, why: str) -> None:
-    """Cancel the runs waiting in lost queues; mark crashed the lost servers' runs with no live cycle."""
+def settle_left_behind(left: LeftBehind) -> None:
+    """Cancel the runs that will never start; mark crashed the runs with no process behind them
+    (drbook.scaleout.leftovers), each with why."""
     from prefect import get_client
     from prefect.states import Cancelled, Crashed
 
     with get_client(sync_client=True) as client:
         for run in left.cancel:
-            client.set_flow_run_state(run.run_id, Cancelled(message=why), force=True)
+            client.set_flow_run_state(run.run_id, Cancelled(message=f"drbook: {left.why[run.run_id]}"), force=True)
         for run in left.crash:
-            client.set_flow_run_state(run.run_id, Crashed(message=why), force=True)
+            client.set_flow_run_state(run.run_id, Crashed(message=f"drbook: {left.why[run.run_id]}"), force=True)
 
 
 def without(runs: list[ActiveRun], left: LeftBehind) -> list[ActiveRun]:

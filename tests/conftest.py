@@ -35,7 +35,7 @@ LAST_MODULES = {"test_e2e_secrets.py"}
 # this order instead of by number of tests), they end together instead of one of them
 # keeping a worker busy while the other is idle. The continuous pair runs at once (they
 # share their long lab waits).
-SLOW_FIRST = ["test_e2e_continuous.py", "test_e2e_rpo_alert.py", "test_e2e_crash.py", "test_browser.py",
+SLOW_FIRST = ["test_e2e_continuous.py", "test_e2e_rpo_alert.py", "test_e2e_scaleout.py", "test_e2e_crash.py", "test_browser.py",
               "test_e2e_cli.py", "test_e2e_drills.py", "test_approval_form.py", "test_deployments.py",
               "test_replication_engine.py", "test_lab.py", "test_packaging.py", "test_vault.py"]
 

@@ -9,21 +9,30 @@
 #      test_e2e_continuous and test_e2e_rpo_alert (app02) and test_e2e_crash (app01) replicate
 #      in phase 1.
 # DRBOOK_TEST_WORKERS=1 runs everything in one pytest session instead.
+# DRBOOK_LAB_PREFECT_DB=postgresql runs the lab's Prefect server on PostgreSQL (`make
+# test-postgres`); the lab is then left as it was found: down, or up on its earlier database.
 # Exit: 0 when both phases pass, else the first failing phase's pytest code (3: no lab).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 say() { printf 'test: [%ss] %s\n' "$SECONDS" "$*" >&2; }
 PY=.venv/bin/python
 WORKERS=${DRBOOK_TEST_WORKERS:-2}
+DB=${DRBOOK_LAB_PREFECT_DB:-sqlite}
 
-was_up=0
-.venv/bin/drbook-lab status --json 2>/dev/null | $PY -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["up"] else 1)' && was_up=1
-say "bringing the lab up (once, for every test)"
-.venv/bin/drbook-lab up >/dev/null || { say "the lab did not come up (see above)"; exit 3; }
+was=$(.venv/bin/drbook-lab status --json 2>/dev/null \
+      | $PY -c 'import json, sys; s = json.load(sys.stdin); print(int(s["up"]), s["prefect"]["database"])' 2>/dev/null) \
+  || was="0 sqlite"
+read -r was_up was_db <<< "$was"
+say "bringing the lab up (once, for every test; Prefect on $DB)"
+.venv/bin/drbook-lab up --prefect-db "$DB" >/dev/null || { say "the lab did not come up (see above)"; exit 3; }
 finish() {
-  if [ "$was_up" = 0 ] && [ -z "${DRBOOK_KEEP_LAB:-}" ]; then
+  [ -n "${DRBOOK_KEEP_LAB:-}" ] && return
+  if [ "$was_up" = 0 ]; then
     say "taking the lab down"
     .venv/bin/drbook-lab down >/dev/null
+  elif [ "$was_db" != "$DB" ]; then
+    say "putting the lab's Prefect server back on $was_db"
+    .venv/bin/drbook-lab up --prefect-db "$was_db" >/dev/null
   fi
 }
 trap finish EXIT

@@ -28,7 +28,8 @@ STATUS_SHAPE = {
     "vcenter": {"url", "host", "port", "user", "password_ref"},
     "azurite": {"blob_endpoint", "account", "key", "connection_string"},
     "arm": {"base_url", "subscription_id", "location"},
-    "prefect": {"api_url", "ui_url"},
+    "prefect": {"api_url", "ui_url", "database"},
+    "worker": {"name", "pool", "health_url"},
 }
 
 
@@ -41,6 +42,10 @@ def test_status_json_has_the_documented_shape(lab):
             assert shape <= set(status[key]), f"{key} lacks {shape - set(status[key])}"
     names = [m["name"] for m in status["machines"]]
     assert names == ["app01", "app02", "db01", "spare01", "phys01"]
+    assert list(status["process_servers"]) == ["ps1", "ps2", "ps3"]
+    for ps in status["process_servers"].values():
+        assert {"running", "address", "queue", "worker_name", "health_url"} <= set(ps)
+    assert status["process_servers"]["ps1"]["running"] and status["worker"]["name"] == "drbook-ps1"
     for m in status["machines"]:
         assert {"name", "vm_name", "os", "address", "port", "user", "key_file", "known_hosts", "disks"} <= set(m)
         assert m["vm_name"] == (None if m["name"] == "phys01" else m["name"])  # phys01: a physical server
@@ -261,3 +266,232 @@ def test_lab_up_writes_what_a_real_site_writes_by_hand(lab):
                            env={**os.environ, "DRBOOK_SITE": lab["site_config"]})
     assert items.returncode == 0, items.stderr
     assert isinstance(json.loads(items.stdout), list)
+
+
+# -- process servers -------------------------------------------------------------------------
+
+def _spec_text(process_servers: str, ports: str = "") -> str:
+    return (f"{ports}networks: [{{name: n, prefix: 10.0.0.0/24}}]\n"
+            "machines: [{name: m1, address: 127.0.1.1, ip: 10.0.0.5, network: n, disks: [{name: d, size_mib: 4}]}]\n"
+            + process_servers)
+
+
+def test_the_lab_spec_lists_three_process_servers_and_ps1_runs_the_stages():
+    spec = load_spec()
+    assert [(ps.name, ps.address, ps.health_port, ps.runs_stages) for ps in spec.process_servers] == [
+        ("ps1", "127.0.2.1", 14201, True), ("ps2", "127.0.2.2", 14202, False), ("ps3", "127.0.2.3", 14203, False)]
+    assert spec.ports.postgres == 15432
+
+
+def test_a_spec_without_process_servers_gets_the_one_the_lab_starts(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text(_spec_text(""))
+    [ps] = load_spec(path).process_servers
+    assert (ps.name, ps.address, ps.health_port, ps.runs_stages) == ("ps1", "127.0.2.1", 14201, True)
+
+
+@pytest.mark.parametrize("servers, ports, problem", [
+    ("process_servers: [{name: ps1, address: 10.0.2.1, health_port: 14201}]\n", "",
+     r"process_servers\.0\.address.*not a loopback address"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1, health_port: 14201, runs_stages: false}]\n", "",
+     r"process server 'ps1': the first one is the lab's .*runs_stages: true"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1, health_port: 14201}, {name: ps1, address: 127.0.2.2, health_port: 14202}]\n",
+     "", r"process servers 'ps1' and 'ps1' have the same name ps1"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1, health_port: 14201}, {name: ps2, address: 127.0.2.1, health_port: 14202}]\n",
+     "", r"process servers 'ps1' and 'ps2' have the same address 127.0.2.1"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1, health_port: 14201}, {name: ps2, address: 127.0.2.2, health_port: 14201}]\n",
+     "", r"process servers 'ps1' and 'ps2' have the same health_port 14201"),
+    ("process_servers: [{name: ps1, address: 127.0.1.1, health_port: 14201}]\n", "",
+     r"process server 'ps1': address 127.0.1.1 is a machine's"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1, health_port: 14200}]\n", "",
+     r"process server 'ps1': health_port 14200 is ports\.prefect"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1, health_port: 15000}]\n", "ports: {postgres: 15000}\n",
+     r"health_port 15000 is ports\.postgres"),
+    ("process_servers: [{name: 'ps 1', address: 127.0.2.1, health_port: 14201}]\n", "", r"process_servers\.0\.name"),
+    ("process_servers: [{name: ps1, address: 127.0.2.1}]\n", "", r"process_servers\.0\.health_port"),
+    ("process_servers: []\n", "", r"process_servers"),
+])
+def test_an_invalid_process_server_in_the_spec_is_named(tmp_path, servers, ports, problem):
+    import re
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(_spec_text(servers, ports))
+    with pytest.raises(ConfigError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert re.search(problem, str(err.value)), str(err.value)
+
+
+def test_each_process_server_polls_its_own_queue_and_ps1_the_stages_too(tmp_path):
+    """The workers' command lines are drbook's (drbook.scaleout.worker), one Managed name each."""
+    from drbook.scaleout.worker import worker_argv, worker_env
+
+    lab = Lab(load_spec(), tmp_path / "lab", say=lambda _m: None)
+    queues = {}
+    for ps in lab.spec.process_servers:
+        argv = worker_argv(lab._ps_config(ps))
+        queues[ps.name] = [argv[i + 1] for i, a in enumerate(argv) if a == "--work-queue"]
+        assert worker_env(lab._ps_config(ps)) == {"DRBOOK_PROCESS_SERVER": ps.name}
+    assert queues == {"ps1": ["ps1", "default"], "ps2": ["ps2"], "ps3": ["ps3"]}
+    assert [lab.worker_managed(ps).name for ps in lab.spec.process_servers] == ["worker", "worker-ps2", "worker-ps3"]
+    status = lab.process_servers_status()
+    assert status["ps2"] == {"running": False, "address": "127.0.2.2", "queue": "ps2", "worker_name": "drbook-ps2",
+                             "health_url": "http://127.0.0.1:14202/health"}
+    with pytest.raises(LabError, match="no process server named 'ps9'.*known: ps1, ps2, ps3"):
+        lab.start_process_server("ps9")
+    with pytest.raises(LabError, match="Prefect server is not running"):
+        lab.start_process_server("ps2")
+    with pytest.raises(LabError, match="unknown Prefect database 'mysql'"):
+        lab.up("mysql")  # type: ignore[arg-type]
+
+
+def test_kill_tree_kills_descendants_in_other_sessions(tmp_path):
+    """A worker's flow runs are sessions of their own: a process-group kill would miss them."""
+    from lab.procs import Managed, descendants
+
+    ready = tmp_path / "ready"
+    script = ("import subprocess, sys, time, pathlib\n"
+              "kids = [subprocess.Popen([sys.executable, '-c', 'import subprocess, sys, time; "
+              "subprocess.Popen([sys.executable, \"-c\", \"import time; time.sleep(60)\"]); time.sleep(60)'], "
+              "start_new_session=True) for _ in range(2)]\n"
+              f"pathlib.Path({str(ready)!r}).touch()\n"
+              "time.sleep(60)\n")
+    m = Managed("tree", tmp_path / "run")
+    pid = m.start([sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while len(descendants(pid)) < 4 or not ready.exists():
+        assert time.monotonic() < deadline, f"the tree did not grow: {descendants(pid)}"
+        time.sleep(0.05)
+    tree = [pid, *descendants(pid)]
+    assert len({os.getsid(p) for p in tree}) == 3  # the root's session and two of their own
+    killed = m.kill()
+    assert sorted(killed) == sorted(tree)
+    assert not any(_alive(p) for p in tree)
+    assert not m.running() and m.pid_file.exists()  # a dead host leaves its pid file, as a crash does
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie is dead: only its exit status is left)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_scram_verifier_is_what_postgresql_stores():
+    import base64
+    import hashlib
+    import hmac
+
+    from lab.postgres import scram_verifier
+
+    head, keys = scram_verifier("pw").split("$", 1)[1].split("$")
+    iterations, salt = head.split(":")
+    stored, server = (base64.b64decode(k) for k in keys.split(":"))
+    salted = hashlib.pbkdf2_hmac("sha256", b"pw", base64.b64decode(salt), int(iterations))
+    assert scram_verifier("pw").startswith("SCRAM-SHA-256$4096:")
+    assert stored == hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    assert server == hmac.new(salted, b"Server Key", "sha256").digest()
+
+
+def test_the_lab_worker_is_process_server_ps1(lab_control):
+    """`up` starts ps1 only, with drbook's command line: its own queue and the stages' `default`."""
+    pid = lab_control.managed("worker").pid()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--work-queue"] == ["ps1", "default"]
+    environ = dict(line.split("=", 1) for line in Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0") if "=" in line)
+    assert environ["DRBOOK_PROCESS_SERVER"] == "ps1" and environ["DRBOOK_SITE"] == lab_control.status()["site_config"]
+    from drbook.config import load_site
+
+    site = load_site(Path(lab_control.status()["site_config"]))
+    assert [(ps.name, ps.address) for ps in site.process_servers] == [("ps1", "127.0.2.1")]
+
+
+@pytest.mark.serial  # ps2 is the lab's: other tests of process servers may start it too
+def test_a_process_server_started_on_demand_answers_and_dies_with_its_runs(lab_control):
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+
+    from lab.procs import descendants
+
+    lab_control.stop_process_server("ps2")
+    st = lab_control.start_process_server("ps2")
+    assert st["running"] and st["queue"] == "ps2" and st["address"] == "127.0.2.2"
+    assert lab_control.start_process_server("ps2") == st  # idempotent
+    assert lab_control.status()["process_servers"]["ps2"]["running"]
+    assert "worker-ps2" not in lab_control.services()  # on demand: not part of `up`
+    deadline = time.monotonic() + 30
+    while True:  # the health check answers 200 once the worker has polled
+        try:
+            with urllib.request.urlopen(st["health_url"], timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "ps2's health check never answered 200"
+        time.sleep(0.2)
+    worker = lab_control.worker_managed(lab_control.process_server("ps2"))
+    pid = worker.pid()
+    environ = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    assert "DRBOOK_PROCESS_SERVER=ps2\0" in environ and "PREFECT_WORKER_WEBSERVER_PORT=14202\0" in environ
+    # A run on ps2's queue: the worker starts it in a session of its own.
+    run = run_deployment("discover/discover", timeout=0, work_queue_name="ps2", tags=["lab-test-ps2"])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tree := [p for p in descendants(pid) if os.getsid(p) != os.getsid(pid)]):
+            assert time.monotonic() < deadline, "ps2 never started its run"
+            time.sleep(0.05)
+        killed = lab_control.kill_process_server("ps2")
+        assert pid in killed and set(tree) <= set(killed)
+        assert not any(_alive(p) for p in killed)
+        assert not lab_control.status()["process_servers"]["ps2"]["running"]
+        with pytest.raises(OSError):
+            urllib.request.urlopen(st["health_url"], timeout=2)
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_flow_run(run.id)  # its process is gone: nothing will ever end it
+        lab_control.stop_process_server("ps2")  # the pid file of the dead worker
+
+
+def test_prefect_keeps_its_data_in_the_database_status_names(lab_control):
+    """`status` names Prefect's database; the server's deployments are in that database."""
+    from drbook.deploy import existing_deployments
+
+    status = lab_control.status()
+    database = status["prefect"]["database"]
+    deployments = {name.split("/", 1)[1] for name in existing_deployments()}
+    assert deployments
+    if database == "postgresql":
+        import asyncio
+
+        import asyncpg
+
+        assert lab_control.services()["postgres"]
+
+        async def names() -> set[str]:
+            # The prefect role's password from the lab's pgpass file, as the Prefect server reads it.
+            conn = await asyncpg.connect(host="127.0.0.1", port=lab_control.spec.ports.postgres, user="prefect",
+                                         database="prefect", passfile=lab_control.postgres.pgpass_file)
+            try:
+                return {r["name"] for r in await conn.fetch("SELECT name FROM deployment")}
+            finally:
+                await conn.close()
+
+        assert deployments <= asyncio.run(names())
+    else:
+        import sqlite3
+
+        assert database == "sqlite" and "postgres" not in lab_control.services()
+        db = Path(status["lab_dir"]) / "prefect" / "prefect.db"
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            assert deployments <= {row[0] for row in conn.execute("SELECT name FROM deployment")}
+
+
+def test_postgresql_not_installed_is_named_before_anything_starts(tmp_path, monkeypatch):
+    from lab import postgres
+
+    lab = Lab(load_spec(), tmp_path / "lab", say=lambda _m: None)
+    monkeypatch.setattr(postgres, "PG_ROOT", tmp_path / "no-postgresql-here")
+    with pytest.raises(LabError, match=r"PostgreSQL is not installed .*make setup-postgres"):
+        lab.up("postgresql")
+    assert not any(lab.services().values())

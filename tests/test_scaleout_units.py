@@ -180,3 +180,32 @@ def test_process_server_config_and_worker_command():
                      ({"name": "p", "work_queue": "default"}, "the stages'"), ({"name": "p", "max_cycles": 0}, "max_cycles")]:
         with pytest.raises(ValidationError, match=why):
             ProcessServerConfig(**bad)
+
+
+def test_runs_without_a_process_anywhere_are_settled_and_live_ones_spared():
+    from drbook.replication.schedule import ScheduleBounds
+
+    now = T0 + dt.timedelta(minutes=10)
+    old = T0  # 600 s ago: past both bounds
+    runs = [ActiveRun(run_id="stuck-submitting", state="PENDING", since=old, items=["a"], queue="ps1"),
+            ActiveRun(run_id="zombie", state="RUNNING", since=old, items=["b"], queue="ps1"),
+            ActiveRun(run_id="long-cycle", state="RUNNING", since=old, items=["c"], queue="ps1"),
+            ActiveRun(run_id="just-ended-its-cycle", state="RUNNING", since=old, items=["d"], queue="ps1"),
+            ActiveRun(run_id="young", state="RUNNING", since=now - dt.timedelta(seconds=30), items=["e"], queue="ps1"),
+            ActiveRun(run_id="queued", state="SCHEDULED", since=old, items=["f"], queue="ps1")]
+    left = left_behind(runs, set(), held={"c": "replication-engine@ps1"}, now=now,
+                       last_points={"b": now - dt.timedelta(minutes=5), "d": now - dt.timedelta(seconds=5)},
+                       bounds=ScheduleBounds())
+    assert [r.run_id for r in left.cancel] == ["stuck-submitting"]
+    assert [r.run_id for r in left.crash] == ["zombie"]
+    assert "never started" in left.why["stuck-submitting"] and "process is gone" in left.why["zombie"]
+
+
+def test_a_run_waiting_in_a_live_queue_stays_busy_however_long_it_waits():
+    from drbook.replication.schedule import busy_items
+
+    now = T0 + dt.timedelta(minutes=30)
+    runs = [ActiveRun(run_id="r1", state="SCHEDULED", since=T0, items=["a"], queue="ps1"),
+            ActiveRun(run_id="r2", state="SCHEDULED", since=T0, items=["b"], queue="gone")]
+    busy = busy_items({}, runs, now, live_queues={"ps1"})
+    assert "waits in queue ps1" in busy["a"] and "b" not in busy

@@ -126,8 +126,10 @@ def _aware(t: dt.datetime) -> dt.datetime:
 
 
 def busy_items(held: Mapping[str, str], runs: Iterable[ActiveRun], now: dt.datetime,
-               bounds: ScheduleBounds = ScheduleBounds()) -> dict[str, str]:
-    """item -> why it is busy, from the held item locks (item -> holder) and the live runs."""
+               bounds: ScheduleBounds = ScheduleBounds(), live_queues: Collection[str] = ()) -> dict[str, str]:
+    """item -> why it is busy, from the held item locks (item -> holder) and the live runs.
+    `live_queues`: the queues of the process servers online: a run scheduled there waits for
+    a slot (the queue's concurrency limit) and will run, however long it has waited."""
     now = _aware(now)
     busy = {item: f"its lock is held by {holder}" for item, holder in held.items()}
     for run in runs:
@@ -135,6 +137,9 @@ def busy_items(held: Mapping[str, str], runs: Iterable[ActiveRun], now: dt.datet
         if run.state == "RUNNING":
             counts = age <= bounds.running_grace_s
             why = f"run {run.run_id} started {age:.0f}s ago"
+        elif run.state == "SCHEDULED" and run.queue in live_queues:
+            counts = True
+            why = f"run {run.run_id} waits in queue {run.queue} ({max(age, 0):.0f}s)"
         else:
             counts = age <= bounds.pending_s
             why = f"run {run.run_id} is {run.state.lower()} ({max(age, 0):.0f}s)"
