@@ -15,7 +15,7 @@ setup-postgres:
 
 # The replication and failover end-to-end tests with the lab's Prefect server on PostgreSQL
 # (and the lab test that proves Prefect's data is there); the lab is left as it was found.
-POSTGRES_TESTS := tests/test_e2e_protect.py tests/test_e2e_continuous.py tests/test_e2e_failover.py \
+POSTGRES_TESTS := tests/test_e2e_protect.py tests/test_e2e_continuous.py tests/test_e2e_failover.py tests/test_e2e_scaleout.py \
 	tests/test_lab.py::test_prefect_keeps_its_data_in_the_database_status_names
 
 test-postgres: setup setup-postgres

@@ -166,6 +166,7 @@ class RecoveryPoint(Doc):
             "time": self.time.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
             "consistency": self.consistency,
             "group": self.group,
+            "process_server": self.process_server,
             "disks": [
                 {"disk": d.disk, "container": d.container, "blob": d.blob, "snapshot": d.snapshot, "size_bytes": d.size_bytes}
                 for d in self.disks
