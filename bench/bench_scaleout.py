@@ -101,8 +101,8 @@ def make_machines(lab_dir: Path, n: int, disk_mib: int) -> list[dict]:
     keys = ensure_client_key(lab_dir / "ssh")
     specs = [MachineSpec(name=f"bs{i:03}", address=f"127.0.3.{i}", ip=f"10.10.1.{100 + i % 150}", network="app-net",
                          disks=[DiskSpec(name="disk0", size_mib=disk_mib)], vmware=False) for i in range(1, n + 1)]
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda s: ensure_machine(lab_dir, s, keys), specs))
+    for spec in specs:  # one after another: each adds its host key to the lab's known_hosts
+        ensure_machine(lab_dir, spec, keys)
     return [machine_status(lab_dir, s, keys) for s in specs]
 
 
@@ -159,11 +159,23 @@ def protect(site, names: list[str]) -> float:
 
 
 def set_workers(lab_control, k: int) -> None:
+    """ps1..psK running and polling their queues (a rebalance before a first poll calls it lost)."""
+    from drbook.scaleout.queues import read_queues
+
+    since = now()
     for name in ("ps2", "ps3"):
         if int(name[2:]) <= k:
             lab_control.start_process_server(name)
         else:
             lab_control.stop_process_server(name)
+    wanted = [f"ps{i}" for i in range(1, k + 1)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        queues = read_queues()
+        if all(queues.get(q) and queues[q].last_polled and queues[q].last_polled >= since for q in wanted):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"process servers {wanted} did not all poll their queues within 60 s")
 
 
 def rebalance(site) -> dict:
@@ -175,10 +187,26 @@ def rebalance(site) -> dict:
             for ps in site.cfg.process_servers}
 
 
-def site_runs(site_path: str) -> list:
-    from tests.dispatcher_deployment import cycle_runs
+def site_runs(site_path: str, since: dt.datetime | None = None) -> list:
+    """The site's runs of the cycle deployment (created since `since`), every page of them."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterExpectedStartTime)
 
-    return cycle_runs(site_path)
+    from tests.dispatcher_deployment import CYCLE_DEPLOYMENT
+
+    out = []
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(CYCLE_DEPLOYMENT)
+        flt = FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(after_=since)) if since else None
+        offset = 0
+        while True:
+            page = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                                         flow_run_filter=flt, limit=200, offset=offset)
+            out += [r for r in page if (r.parameters or {}).get("site_path") == site_path]
+            if len(page) < 200:
+                return out
+            offset += 200
 
 
 def drain(site_path: str, timeout: float = 180) -> None:
@@ -188,7 +216,8 @@ def drain(site_path: str, timeout: float = 180) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        live = [r for r in site_runs(site_path) if r.state and r.state.type.value in ("SCHEDULED", "PENDING", "RUNNING")]
+        live = [r for r in site_runs(site_path, now() - dt.timedelta(hours=1))
+                if r.state and r.state.type.value in ("SCHEDULED", "PENDING", "RUNNING")]
         if not live:
             return
         time.sleep(2)
@@ -215,7 +244,7 @@ def measure(site, site_path: str, names: list[str], minutes: float, warmup_s: fl
         w1 = now()
         c1 = cpu_times()
     points = [p for n in names for p in site.engine.points.points(n) if w0 <= p.time < w1]
-    runs = [r for r in site_runs(site_path) if r.start_time and w0 <= r.start_time < w1]
+    runs = [r for r in site_runs(site_path, w0 - dt.timedelta(minutes=30)) if r.start_time and w0 <= r.start_time < w1]
     waits = [(r.start_time - r.expected_start_time).total_seconds() for r in runs if r.expected_start_time]
     spans = [(r.end_time - r.start_time).total_seconds() for r in runs if r.end_time]
     states: dict[str, int] = {}
@@ -313,7 +342,7 @@ def main() -> int:
                 spread = rebalance(site)
                 print(f"{k} process server(s): {spread}; measuring {args.minutes} min ...", flush=True)
                 row = {"servers": k, "spread": spread,
-                       **measure(site, str(site_path), names, args.minutes, warmup_s=args.frequency_s)}
+                       **measure(site, str(site_path), names, args.minutes, warmup_s=min(args.frequency_s, 60))}
                 print(json.dumps(row), flush=True)
                 result["passes"].append(row)
                 drain(str(site_path))

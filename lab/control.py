@@ -444,7 +444,7 @@ class Lab:
         cfg = self._ps_config(ps)
         env = {
             **self.drbook_env(),
-            **worker_env(cfg),
+            **worker_env(cfg, environ={}),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             # Prefect's default is 10 s between polls: a Run click would wait 5 s on average.
             "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_SECONDS),

@@ -15,7 +15,7 @@ from drbook.models import ProtectedItem
 from drbook.replication.schedule import DISPATCHER_LOCK, ActiveRun
 from drbook.scaleout.assign import ASSIGNMENT_KEY, GIB, Assignment, Decision, ServerEvent, decide, units_of
 from drbook.scaleout.leftovers import LeftBehind
-from drbook.scaleout.queues import ensure_queues, queues_off, read_queues
+from drbook.scaleout.queues import ensure_queues, last_signs, queues_off, read_queues, worker_heartbeats
 from drbook.site import Site
 
 LOST = "drbook.process-server.lost"
@@ -63,7 +63,7 @@ def place(site: Site, items: list[ProtectedItem], now: dt.datetime, *, rebalance
     queues = read_queues()
     if not dry_run and queues_off(site.cfg.process_servers, queues):
         ensure_queues(site.cfg.process_servers, existing=queues)
-    polls = {name: q.last_polled for name, q in queues.items()}
+    polls = last_signs(site.cfg.process_servers, queues, worker_heartbeats())
     decision = decide(read_assignment(site), units_of(items, churn), site.cfg.process_servers, polls, now,
                       site.cfg.takeover, rebalance=rebalance)
     if not dry_run:

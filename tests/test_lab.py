@@ -331,7 +331,8 @@ def test_each_process_server_polls_its_own_queue_and_ps1_the_stages_too(tmp_path
     for ps in lab.spec.process_servers:
         argv = worker_argv(lab._ps_config(ps))
         queues[ps.name] = [argv[i + 1] for i, a in enumerate(argv) if a == "--work-queue"]
-        assert worker_env(lab._ps_config(ps)) == {"DRBOOK_PROCESS_SERVER": ps.name}
+        assert worker_env(lab._ps_config(ps), environ={}) == {"DRBOOK_PROCESS_SERVER": ps.name,
+                                                              "PREFECT_WORKER_HEARTBEAT_SECONDS": "10"}
     assert queues == {"ps1": ["ps1", "default"], "ps2": ["ps2"], "ps3": ["ps3"]}
     assert [lab.worker_managed(ps).name for ps in lab.spec.process_servers] == ["worker", "worker-ps2", "worker-ps3"]
     status = lab.process_servers_status()

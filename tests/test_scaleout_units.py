@@ -174,7 +174,8 @@ def test_process_server_config_and_worker_command():
     argv = worker_argv(ps, python="python")
     assert argv[:4] == ["python", "-m", "prefect", "worker"]
     assert argv[argv.index("--pool") + 1] == "drbook-process-server" and argv.count("--work-queue") == 1
-    assert worker_env(ps) == {"DRBOOK_PROCESS_SERVER": "ps2"}
+    assert worker_env(ps, environ={}) == {"DRBOOK_PROCESS_SERVER": "ps2", "PREFECT_WORKER_HEARTBEAT_SECONDS": "10"}
+    assert worker_env(ps, environ={"PREFECT_WORKER_HEARTBEAT_SECONDS": "5"}) == {"DRBOOK_PROCESS_SERVER": "ps2"}
     assert worker_queues(ProcessServerConfig(name="ps1")) == ["ps1", "default"]
     for bad, why in [({"name": "ps 1"}, "name"), ({"name": "p", "address": "not-an-ip"}, "address"),
                      ({"name": "p", "work_queue": "default"}, "the stages'"), ({"name": "p", "max_cycles": 0}, "max_cycles")]:
@@ -209,3 +210,13 @@ def test_a_run_waiting_in_a_live_queue_stays_busy_however_long_it_waits():
             ActiveRun(run_id="r2", state="SCHEDULED", since=T0, items=["b"], queue="gone")]
     busy = busy_items({}, runs, now, live_queues={"ps1"})
     assert "waits in queue ps1" in busy["a"] and "b" not in busy
+
+
+def test_a_process_servers_last_sign_is_its_later_poll_or_heartbeat():
+    from drbook.scaleout.queues import QueueState, last_signs
+
+    ps = [ProcessServerConfig(name="ps1"), ProcessServerConfig(name="ps2"), ProcessServerConfig(name="ps3")]
+    queues = {"ps1": QueueState(name="ps1", concurrency_limit=4, last_polled=T0),
+              "ps2": QueueState(name="ps2", concurrency_limit=4, last_polled=T0 - dt.timedelta(seconds=40))}
+    beats = {"drbook-ps2": T0 - dt.timedelta(seconds=5), "drbook-ps1": None, "someone-else": T0}
+    assert last_signs(ps, queues, beats) == {"ps1": T0, "ps2": T0 - dt.timedelta(seconds=5), "ps3": None}

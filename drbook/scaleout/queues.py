@@ -1,6 +1,12 @@
 """The process servers' work queues on the Prefect server: made with their concurrency limit
 (a burst of due cycles waits in the queue instead of overloading a process server), and read
-for when each was last polled (a process server's sign of life)."""
+with the workers' heartbeats for a process server's last sign of life.
+
+Two signs, the later wins: its worker's heartbeat (`drbook-NAME`, every 10 s: worker_env) and
+its queue's last poll. Neither is enough alone in Prefect 3.8.8: the server records queue polls
+in a background task deduplicated per *pool*, so with several workers in one pool a poll can
+go unrecorded (measured: a worker polling every 2 s, its queue 10 s stale at idle and 30 s
+under load); a worker started by hand under another name sends no heartbeat drbook knows."""
 
 from __future__ import annotations
 
@@ -33,8 +39,34 @@ def read_queues(pool: str = POOL) -> dict[str, QueueState]:
                                paused=bool(q.is_paused)) for q in queues}
 
 
-def queue_polls(pool: str = POOL) -> dict[str, dt.datetime | None]:
-    return {name: q.last_polled for name, q in read_queues(pool).items()}
+def worker_heartbeats(pool: str = POOL) -> dict[str, dt.datetime | None]:
+    """worker name -> its last heartbeat, for every worker the pool has seen."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            workers = client.read_workers_for_work_pool(pool, limit=200)
+        except ObjectNotFound:
+            return {}
+    return {w.name: w.last_heartbeat_time for w in workers}
+
+
+def _aware(t: dt.datetime | None) -> dt.datetime | None:
+    return t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def last_signs(servers: list[ProcessServerConfig], queues: dict[str, QueueState],
+               heartbeats: dict[str, dt.datetime | None]) -> dict[str, dt.datetime | None]:
+    """queue -> the later of its last poll and its worker's last heartbeat."""
+    from drbook.scaleout.worker import worker_name
+
+    out = {}
+    for ps in servers:
+        signs = [_aware(queues[ps.queue].last_polled) if ps.queue in queues else None,
+                 _aware(heartbeats.get(worker_name(ps)))]
+        out[ps.queue] = max((s for s in signs if s is not None), default=None)
+    return out
 
 
 def queues_off(servers: list[ProcessServerConfig], existing: dict[str, QueueState]) -> bool:

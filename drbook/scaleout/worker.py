@@ -54,6 +54,15 @@ def worker_argv(ps: ProcessServerConfig, *, healthcheck: bool = True, python: st
     return argv + (["--with-healthcheck"] if healthcheck else [])
 
 
-def worker_env(ps: ProcessServerConfig) -> dict[str, str]:
-    """What the worker (and so every run it starts) needs besides DRBOOK_SITE and PREFECT_API_URL."""
-    return {ENV: ps.name}
+# Its heartbeat is one of the two signs of life drbook.scaleout.queues reads: every 10 s, not
+# Prefect's 30, so a takeover threshold of a minute sees several.
+HEARTBEAT_S = "10"
+
+
+def worker_env(ps: ProcessServerConfig, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """What the worker (and so every run it starts) needs besides DRBOOK_SITE and PREFECT_API_URL;
+    a heartbeat interval already set in `environ` is kept."""
+    env = {ENV: ps.name}
+    if "PREFECT_WORKER_HEARTBEAT_SECONDS" not in (os.environ if environ is None else environ):
+        env["PREFECT_WORKER_HEARTBEAT_SECONDS"] = HEARTBEAT_S
+    return env
