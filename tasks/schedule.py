@@ -1,4 +1,4 @@
-"""Prefect tasks of scheduled replication: read what the decision needs (items, held item
+"""Adapters of scheduled replication: read what the decision needs (items, held item
 locks, live runs of the cycle deployment) and start a cycle as a deployment run. The rule
 is drbook.replication.schedule's; these only read and start."""
 
@@ -8,7 +8,6 @@ import datetime as dt
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect import task
 
 from drbook.adapters.blobstore import map_blob_errors
 from drbook.config import default_site_path
@@ -16,7 +15,6 @@ from drbook.errors import NotFoundError
 from drbook.models import ProtectedItem, ReplicationGroup
 from drbook.replication.schedule import ActiveRun, DueCycle, FinishedRun
 from drbook.site import Site
-from drbook.tasks.policy import ONCE
 from drbook.vault import group_key, lock_key
 
 # The deployment of flows/replication.py's replicate_flow (deployments/prefect.yaml).
@@ -147,7 +145,3 @@ def start_cycle_run(cycle: DueCycle, site_path: str, work_queue: str | None = No
     )
     return {"run_id": str(run.id), "name": run.name}
 
-
-@task(name="start-cycle", **ONCE)
-def start_cycle(cycle: DueCycle, site_path: str, work_queue: str | None = None) -> dict:
-    return start_cycle_run(cycle, site_path, work_queue)
