@@ -181,7 +181,7 @@ def set_workers(lab_control, k: int) -> None:
 def rebalance(site) -> dict:
     from drbook.tasks.scaleout import dispatcher_lease, place
 
-    with dispatcher_lease(site, "bench"):
+    with dispatcher_lease(site, "bench", wait_s=300):  # a tick of the pass before may still run
         decision = place(site, site.vault.items(), now(), rebalance=True)
     return {ps.name: sum(len(p.members) for p in decision.assignment.units.values() if p.server == ps.name)
             for ps in site.cfg.process_servers}
