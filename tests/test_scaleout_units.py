@@ -220,3 +220,23 @@ def test_a_process_servers_last_sign_is_its_later_poll_or_heartbeat():
               "ps2": QueueState(name="ps2", concurrency_limit=4, last_polled=T0 - dt.timedelta(seconds=40))}
     beats = {"drbook-ps2": T0 - dt.timedelta(seconds=5), "drbook-ps1": None, "someone-else": T0}
     assert last_signs(ps, queues, beats) == {"ps1": T0, "ps2": T0 - dt.timedelta(seconds=5), "ps3": None}
+
+
+def test_the_process_server_list_shows_who_runs_what_and_what_is_away():
+    from drbook.config import AzureConfig, SiteConfig
+    from drbook.scaleout.queues import QueueState
+    from drbook.scaleout.status import server_rows
+
+    items = [item("a"), item("b"), item("c")]
+    ps = servers("ps1", "ps2")
+    d1 = decide(None, units_of(items), ps, polled(T0, ps1=1, ps2=1), T0, TAKEOVER)
+    t = T0 + dt.timedelta(seconds=40)
+    d2 = decide(d1.assignment, units_of(items), ps, {"ps1": t, "ps2": T0}, t, TAKEOVER)
+    cfg = SiteConfig.model_construct(site="s", azure=AzureConfig.model_construct(), process_servers=ps)
+    queues = {"ps1": QueueState(name="ps1", concurrency_limit=4, last_polled=t),
+              "ps2": QueueState(name="ps2", concurrency_limit=4, last_polled=T0)}
+    rows = {r.name: r for r in server_rows(cfg, d2.assignment, queues, t)}
+    homes = sorted(m for m in "abc" if d1.assignment.server_of([m]) == "ps2")
+    assert rows["ps2"].status == "lost" and rows["ps2"].last_polled_s == 40.0 and rows["ps2"].items == []
+    assert rows["ps2"].away == homes and rows["ps1"].taken_over == homes and rows["ps1"].items == ["a", "b", "c"]
+    assert server_rows(cfg, None, {}, t)[0].status == "unknown"
