@@ -17,7 +17,6 @@ from drbook.errors import LeaseHeldError
 from drbook.models import utcnow
 from drbook.replication.schedule import DISPATCHER_LOCK, DueCycle, ScheduleBounds, busy_items, decide_schedule, start_leads
 from drbook.scaleout.leftovers import left_behind
-from drbook.scaleout.worker import process_server
 from drbook.site import Site, open_site
 from drbook.tasks.scaleout import place, settle_left_behind, without
 from drbook.tasks.schedule import (active_cycle_runs, dispatcher_tick_s, finished_cycle_runs, held_item_locks,
@@ -53,8 +52,7 @@ def dispatch(site: Site, start: Callable[[DueCycle, str, str], dict] = start_cyc
     app_capable = {m.name for m in site.cfg.machines if m.quiesce_hooks}
     schedule = decide_schedule(items, now, busy=busy, app_capable=app_capable, leads=leads)
     started: dict[str, dict] = {}
-    servers = [process_server(site.cfg, placement.assignment.server_of(c.members) or site.cfg.process_servers[0].name)
-               for c in schedule.cycles]
+    servers = [placement.server_for(c.members, site.cfg.process_servers) for c in schedule.cycles]
     # Started side by side: one after another, a tick that found 50 cycles due took minutes
     # (bench_scaleout, 100 machines: ~4 s a start at load 6), and the dispatcher, not the
     # process servers, set the pace.

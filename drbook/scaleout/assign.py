@@ -104,6 +104,12 @@ class Decision(BaseModel):
     def lost(self) -> list[str]:
         return sorted(n for n, s in self.assignment.servers.items() if s.status == "lost")
 
+    def server_for(self, members: Iterable[str], servers: list[ProcessServerConfig]) -> ProcessServerConfig:
+        """The process server whose queue a cycle of these items goes to (a unit the
+        assignment does not know yet, e.g. protected since this tick began: the first)."""
+        name = self.assignment.server_of(members)
+        return next((ps for ps in servers if ps.name == name), servers[0])
+
 
 def unit_key(item: ProtectedItem) -> str:
     return f"group:{item.group}" if item.group else item.name
